@@ -143,7 +143,7 @@ def hook_names() -> list[str]:
 def _collect(pm: pluggy.PluginManager, hook_name: str, kind: str) -> Registry[Any]:
     registry: Registry[Any] = Registry(kind)
     caller = getattr(pm.hook, hook_name)
-    for impl in reversed(caller.get_hookimpls()):
+    for impl in caller.get_hookimpls():
         plugin_name = impl.plugin_name
 
         def register(name: str, obj: object, /, _plugin: str = plugin_name) -> None:
