@@ -40,8 +40,9 @@ def tiny_phi3(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_phi3(tmp_path_factory.mktemp("tiny-phi3"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture()
 def tiny_tokenizer(tiny_phi3: Path):
+    """A fresh tokenizer per test: the pipeline sets its pad token in place."""
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_phi3)

@@ -124,12 +124,12 @@ def test_example_plugin_can_be_disabled(installed_example, monkeypatch):
 
 def test_cli_plugins_lists_plugins_and_what_they_register(installed_example, monkeypatch):
     monkeypatch.syspath_prepend(str(installed_example))
-    result = CliRunner().invoke(main, ["plugins", "--json"])
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(main, ["plugins", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert {p["name"] for p in data["plugins"]} >= {*DEFAULT_PLUGINS, "medqa_example"}
     assert data["registered"]["metrics"] == {"keyword_recall": "medqa_example"}
-    table = CliRunner().invoke(main, ["plugins"])
+    table = CliRunner(env={"COLUMNS": "200"}).invoke(main, ["plugins"])
     assert table.exit_code == 0
     assert "medqa_example" in table.output and "cleaner scrub_contacts" in table.output
 

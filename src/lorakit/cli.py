@@ -21,7 +21,8 @@ TINY_TOKENIZER = "tiny-phi3"
 
 
 def _console(err: bool = False) -> Console:
-    return Console(stderr=err, highlight=False, soft_wrap=True)
+    # Errors stay on one line (soft wrap) so that logs and tests see exactly one line.
+    return Console(stderr=err, highlight=False, soft_wrap=err)
 
 
 class LorakitGroup(click.Group):
@@ -173,15 +174,13 @@ def inspect_command(
 
 
 def _print_inspection(report: Any, examples: list[Any], tokenizer: Any) -> None:
-    from rich.panel import Panel
-
     from lorakit.reporting import counts_table, render_example
 
     console = _console()
     data = report.to_dict()
     console.print(
         f"[bold]{report.source}[/]: {report.rows_read:,} rows read, {report.rows_kept:,} kept "
-        f"({report.kind}: {', '.join(f'{k} {v:,}' for k, v in report.kinds.items())})"
+        f"({', '.join(f'{k} {v:,}' for k, v in report.kinds.items())})"
     )
     console.print(counts_table("Cleaning", data["cleaning"]["steps"], ["name", "rows_in", "rows_out", "changed", "dropped"]))
     tok = data["tokenization"]["all"]
@@ -193,12 +192,9 @@ def _print_inspection(report: Any, examples: list[Any], tokenizer: Any) -> None:
     )
     console.print(counts_table("Token lengths", tok["histogram"], ["bucket", "count"]))
     if examples:
-        console.print(
-            Panel(
-                render_example(tokenizer, examples[0].input_ids, examples[0].labels),
-                title=f"first example ({examples[0].origin}); [bold green]supervised[/], [dim]masked[/]",
-            )
-        )
+        console.rule(f"first example, {examples[0].origin}: [bold green]supervised[/], [dim]masked[/]")
+        console.print(render_example(tokenizer, examples[0].input_ids, examples[0].labels))
+        console.rule()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -52,9 +52,14 @@ class SourceReader(Protocol):
 
 @attrs.frozen
 class Drop:
-    """A cleaner's verdict that a row is dropped, with the reason counted in the report."""
+    """A cleaner's verdict that a row is dropped.
+
+    ``reason`` is the category counted in the report (``"near duplicate"``);
+    ``detail`` says more about this row for the report's examples (which row it duplicates).
+    """
 
     reason: str
+    detail: str = ""
 
 
 class Cleaner(Protocol):

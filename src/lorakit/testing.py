@@ -36,7 +36,7 @@ import shutil
 import string
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lorakit import __version__
 
@@ -214,6 +214,32 @@ cause some rare diseases; genetic testing and counseling can help families under
 How is it diagnosed? A physical exam, a medical history, blood tests, imaging such as X-ray,
 CT scan, MRI or ultrasound, and sometimes a biopsy confirm the diagnosis.
 
+You are a careful medical assistant. Answer the question clearly and accurately, and say when a
+patient should see a doctor. Which vitamin deficiency causes scurvy? Vitamin C. Which organ makes
+insulin? The pancreas. Is a fever above 38 degrees Celsius normal? No: a normal body temperature is
+about 37 degrees, and a temperature above normal is a fever. Does exercise lower blood pressure?
+Yes, regular exercise lowers blood pressure in most adults. Can children take aspirin? Children and
+teenagers should not take aspirin because of the risk of Reye syndrome. Who is at risk of type 2
+diabetes? People who are overweight, inactive, older than 45, or have a family history. Are these
+symptoms serious? Sudden chest pain, trouble breathing and confusion need urgent care.
+
+Cancer is a disease in which some of the body's cells grow uncontrollably and spread to other parts
+of the body. Tumors can be benign or malignant. Breast cancer, lung cancer, prostate cancer and
+colorectal cancer are among the most common types. Risk factors include smoking, alcohol, obesity,
+radiation and certain infections. Screening tests such as mammograms, colonoscopy and the Pap test
+find some cancers early, when treatment is more likely to work. Treatment may include surgery,
+chemotherapy, radiation therapy, immunotherapy, targeted therapy and hormone therapy. Clinical
+trials are research studies that test new treatments in people.
+
+The thyroid gland makes hormones that control metabolism. Hypothyroidism means the gland is
+underactive; symptoms include tiredness, weight gain, feeling cold, dry skin and constipation.
+Hyperthyroidism means the gland is overactive and causes weight loss, a fast heartbeat, nervousness
+and sweating. A blood test measures thyroid stimulating hormone (TSH). Kidney stones are hard
+deposits of minerals and salts that form inside the kidneys; drinking plenty of water helps prevent
+them. Celiac disease is an immune reaction to eating gluten, a protein found in wheat, barley and
+rye. Glaucoma is a group of eye conditions that damage the optic nerve, often because of high
+pressure in the eye, and is a leading cause of blindness in people over sixty.
+
 Symptoms - frequency: 80%-99% of people have fatigue; 30%-79% have fever; 5%-29% have a rash.
 Treatment options: (1) lifestyle changes; (2) medication; (3) surgery. Call 911 or go to the
 nearest emergency room if you have chest pain, trouble breathing, or fainting.
@@ -230,7 +256,7 @@ def _train_base_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     alphabet = [c for c in string.printable if c not in string.whitespace] + ["▁"]
-    trainer = trainers.BpeTrainer(  # type: ignore[call-arg]
+    trainer = trainers.BpeTrainer(
         vocab_size=_VOCAB_SIZE,
         initial_alphabet=alphabet,
         special_tokens=[],
@@ -254,9 +280,9 @@ def _train_base_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return vocab, [(a, b) for a, b in merges]
 
 
-def _build_tokenizer() -> object:
+def _build_tokenizer() -> Any:
     """A transformers ``LlamaTokenizer`` configured like Phi-3-mini-4k-instruct's."""
-    from tokenizers import AddedToken
+    from tokenizers import AddedToken, normalizers
     from transformers import LlamaTokenizer
 
     vocab, merges = _train_base_vocab()
@@ -274,6 +300,16 @@ def _build_tokenizer() -> object:
         clean_up_tokenization_spaces=False,
         model_max_length=4096,
     )
+    # Phi-3's tokenizer.json keeps the older Llama pipeline: a normalizer that puts "▁" before
+    # every piece of text between special tokens and turns spaces into "▁", and no
+    # pre-tokenizer. transformers loads a phi3 checkpoint's tokenizer.json as it is.
+    backend = tokenizer.backend_tokenizer
+    backend.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]
+    )
+    backend.pre_tokenizer = None
+    # As in the real checkpoint, "</s>" is an added token that is not special.
+    tokenizer.add_tokens([AddedToken("</s>", special=False, normalized=False, rstrip=True)])
     tokenizer.add_tokens(
         [
             AddedToken(
@@ -314,13 +350,13 @@ def build_tiny_phi3(directory: str | Path, *, seed: int = 0) -> Path:
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = _build_tokenizer()
-    tokenizer.save_pretrained(path)  # type: ignore[attr-defined]
+    tokenizer.save_pretrained(path)
 
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in PHI3_SPECIAL_TOKENS}  # type: ignore[attr-defined]
-    bos_id = int(tokenizer.bos_token_id)  # type: ignore[attr-defined]
+    ids = {token: int(tokenizer.convert_tokens_to_ids(token)) for token in PHI3_SPECIAL_TOKENS}
+    bos_id = int(tokenizer.bos_token_id)
     eot_id = ids["<|endoftext|>"]
     config = Phi3Config(
-        vocab_size=len(tokenizer),  # type: ignore[arg-type]
+        vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
@@ -342,7 +378,15 @@ def build_tiny_phi3(directory: str | Path, *, seed: int = 0) -> Path:
         eos_token_id=[ids[token] for token in _STOP_TOKENS],
         pad_token_id=eot_id,
     )
-    model.save_pretrained(path)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a library prints nothing
+    try:
+        model.save_pretrained(path)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return path
 
 

@@ -3,13 +3,13 @@
 Texts are normalised (lowercase, punctuation replaced by spaces, whitespace
 collapsed), split into words and turned into a *set* of word n-gram shingles.
 The Jaccard similarity of two shingle sets is estimated by the fraction of
-positions where their MinHash signatures agree; an :class:`LSHIndex` (bands x
+positions where their MinHash signatures agree; an ``LSHIndex`` (bands x
 rows) finds candidate pairs without comparing every pair, and each candidate is
 verified against the threshold with that estimate.
 
 Everything is deterministic: words are hashed with BLAKE2b (not Python's
-per-process randomised :func:`hash`), and the hash permutations are drawn from
-a seeded :class:`numpy.random.Generator`. Equal seeds give equal signatures on
+per-process randomised ``hash``), and the hash permutations are drawn from
+a seeded ``numpy.random.Generator``. Equal seeds give equal signatures on
 every machine and in every process.
 
 The permutations are multiply-shift hashes ``(a * x + b) mod 2**64`` with an
@@ -48,13 +48,25 @@ _NON_WORD = re.compile(r"[\W_]+")
 _NGRAM_MULT = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant (golden ratio)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
-_EMPTY_MAX = np.uint32(0xFFFFFFFF)
-# Shingles per block in batch hashing: a block is (block x num_perm) uint64 values.
-_BLOCK_SHINGLES = 16_384
+
+
+def _ascii_table() -> bytes:
+    table = bytearray(b" " * 256)
+    for code in range(128):
+        char = chr(code)
+        if char.isalnum():
+            table[code] = ord(char.lower())
+    return bytes(table)
+
+
+_ASCII_TABLE = _ascii_table()
 
 
 def words(text: str) -> list[str]:
     """The words of ``text`` after normalisation: lowercase, split at anything not a letter or digit."""
+    if text.isascii():
+        # Fast path, same result as the regular expression for ASCII text.
+        return text.encode("ascii").translate(_ASCII_TABLE).decode("ascii").split()
     return _NON_WORD.sub(" ", text.lower()).split()
 
 
@@ -67,7 +79,7 @@ def normalize_text(text: str) -> str:
     return " ".join(words(text))
 
 
-@functools.lru_cache(maxsize=1 << 20)
+@functools.lru_cache(maxsize=1 << 18)
 def _word_digest(word: str) -> bytes:
     return hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest()
 
@@ -129,7 +141,8 @@ def jaccard_estimate(a: npt.NDArray[np.uint32], b: npt.NDArray[np.uint32]) -> fl
     """The Jaccard estimate of two MinHash signatures: the fraction of equal positions."""
     if a.shape != b.shape:
         raise ValueError(f"signatures of different lengths: {a.shape} and {b.shape}")
-    return float(np.count_nonzero(a == b)) / a.shape[-1]
+    length: int = a.shape[-1]
+    return float(np.count_nonzero(a == b)) / length
 
 
 def _positive_int(name: str, value: int, minimum: int = 1) -> None:
@@ -170,33 +183,18 @@ class MinHasher:
     def signature(self, text: str) -> U32:
         """The signature of one text: ``num_perm`` unsigned 32-bit values."""
         x = self._shingles(text)
-        with np.errstate(over="ignore"):
-            values = x[:, None] * self._a[None, :] + self._b[None, :]
+        values: U64 = np.multiply.outer(x, self._a)  # wraps modulo 2**64
+        values += self._b[None, :]
         mins: U64 = values.min(axis=0)
-        return (mins >> np.uint64(32)).astype(np.uint32)
+        signature: U32 = (mins >> np.uint64(32)).astype(np.uint32)
+        return signature
 
     def signatures(self, texts: Iterable[str]) -> U32:
-        """Signatures of many texts, one row each: shape ``(len(texts), num_perm)``.
-
-        Faster than calling :meth:`signature` per text: shingles of many texts
-        are hashed in blocks and reduced per text with :func:`numpy.minimum.reduceat`.
-        """
-        shingles = [self._shingles(t) for t in texts]
-        out = np.empty((len(shingles), self.num_perm), dtype=np.uint32)
-        start = 0
-        while start < len(shingles):
-            stop, total = start, 0
-            while stop < len(shingles) and (stop == start or total + len(shingles[stop]) <= _BLOCK_SHINGLES):
-                total += len(shingles[stop])
-                stop += 1
-            block = np.concatenate(shingles[start:stop])
-            offsets = np.cumsum([0] + [len(s) for s in shingles[start : stop - 1]])
-            with np.errstate(over="ignore"):
-                values = block[:, None] * self._a[None, :] + self._b[None, :]
-            mins = np.minimum.reduceat(values, offsets, axis=0)
-            out[start:stop] = (mins >> np.uint64(32)).astype(np.uint32)
-            start = stop
-        return out
+        """Signatures of many texts, one row each: shape ``(len(texts), num_perm)``."""
+        rows = [self.signature(text) for text in texts]
+        if not rows:
+            return np.empty((0, self.num_perm), dtype=np.uint32)
+        return np.stack(rows)
 
 
 def _probability(s: npt.NDArray[np.float64], bands: int, rows: int) -> npt.NDArray[np.float64]:
@@ -241,13 +239,13 @@ class LSHIndex:
 
     Signatures are cut into ``bands`` bands of ``rows`` values; two signatures
     sharing any whole band are candidates, and a candidate is a match when its
-    :func:`jaccard_estimate` is at least ``threshold``. Keys are the insertion
-    numbers ``0, 1, 2, ...`` returned by :meth:`add`.
+    ``jaccard_estimate`` is at least ``threshold``. Keys are the insertion
+    numbers ``0, 1, 2, ...`` returned by ``add``.
 
     Args:
         num_perm: signature length.
         threshold: the Jaccard estimate a candidate must reach, in ``(0, 1]``.
-        bands: number of bands; with ``None``, :func:`lsh_params` chooses bands and rows.
+        bands: number of bands; with ``None``, ``lsh_params`` chooses bands and rows.
     """
 
     def __init__(self, num_perm: int, threshold: float, bands: int | None = None) -> None:
@@ -257,7 +255,9 @@ class LSHIndex:
             _positive_int("bands", bands)
             rows = num_perm // bands
             if rows < 1:
-                raise ValueError(f"{bands} bands need at least {bands} permutations, got {num_perm}")
+                raise ValueError(
+                    f"{bands} bands need at least {bands} permutations, got {num_perm}"
+                )
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
         self.num_perm = num_perm
@@ -275,11 +275,14 @@ class LSHIndex:
         """The signature added under ``key``."""
         if not 0 <= key < self._size:
             raise KeyError(key)
-        return self._store[key]
+        signature: U32 = self._store[key]
+        return signature
 
     def _band_keys(self, sig: U32) -> list[bytes]:
         if sig.shape != (self.num_perm,):
-            raise ValueError(f"expected a signature of length {self.num_perm}, got shape {sig.shape}")
+            raise ValueError(
+                f"expected a signature of length {self.num_perm}, got shape {sig.shape}"
+            )
         raw = sig.tobytes()
         width = self.rows * sig.itemsize
         return [raw[i * width : (i + 1) * width] for i in range(self.bands)]

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from lorakit.data.cleaners import DEFAULT_CLEANERS, CleanerSpec, CleaningReport, clean_rows
+from lorakit.data.cleaners import (
+    DEFAULT_CLEANERS,
+    CleanerSpec,
+    CleaningReport,
+    check_cleaners,
+    clean_rows,
+)
 from lorakit.data.rows import QARow
 from lorakit.data.sources import read_source
 from lorakit.data.splits import Splits, SplitSpec, split_rows
@@ -139,8 +145,11 @@ def _template(spec: DataSpec, registries: Registries) -> Template:
 def _clean(
     spec: DataSpec, registries: Registries, progress: ProgressReporter
 ) -> tuple[int, list[QARow], CleaningReport]:
+    check_cleaners(spec.cleaners, registries.cleaners)
     rows = read_rows(spec, registries=registries, progress=progress)
-    kept, report = clean_rows(rows, spec.cleaners, registries.cleaners)
+    kept, report = clean_rows(
+        rows, spec.cleaners, registries.cleaners, progress=progress.task("Cleaning", len(rows))
+    )
     if not kept:
         raise DataError(
             f"every one of the {len(rows):,} rows was dropped by the cleaners",
