@@ -60,7 +60,9 @@ def main() -> None:
             best[stage] = min(best.get(stage, float("inf")), seconds)
             counts[stage] = n
 
-    print(f"lorakit {__version__}, Python {platform.python_version()}, {os.cpu_count()} CPUs, {args.data}")
+    print(
+        f"lorakit {__version__}, Python {platform.python_version()}, {os.cpu_count()} CPUs, {args.data}"
+    )
     print(f"{'stage':<12}{'rows':>10}{'seconds':>10}{'rows/s':>12}")
     for stage, seconds in best.items():
         print(f"{stage:<12}{counts[stage]:>10,}{seconds:>10.2f}{counts[stage] / seconds:>12,.0f}")

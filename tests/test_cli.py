@@ -24,7 +24,10 @@ def qa_file(tmp_path) -> Path:
             {"Question": "What is a fever?", "Answer": "A body temperature above normal."},
             {"Question": "What is a fever?", "Answer": "A body temperature above normal."},
             {"Question": "What causes a cold?", "Answer": ""},
-            {"Question": "How is anemia treated?", "Answer": "It depends on the cause;  iron   helps\n\n\n\nsome."},
+            {
+                "Question": "How is anemia treated?",
+                "Answer": "It depends on the cause;  iron   helps\n\n\n\nsome.",
+            },
         ],
     )
 
@@ -34,27 +37,60 @@ def run(*args: str):
 
 
 def test_inspect_json_counts(qa_file, tiny_phi3):
-    result = run("data", "inspect", f"jsonl:{qa_file}", "--fields", "question=Question,answer=Answer",
-                 "--tokenizer", str(tiny_phi3), "--json")
+    result = run(
+        "data",
+        "inspect",
+        f"jsonl:{qa_file}",
+        "--fields",
+        "question=Question,answer=Answer",
+        "--tokenizer",
+        str(tiny_phi3),
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert (data["rows_read"], data["rows_kept"], data["kind"]) == (4, 2, "free_text")
-    assert data["dropped"] == {"normalize_whitespace": 0, "drop_empty": 1, "exact_dedup": 1, "near_dedup": 0}
+    assert data["dropped"] == {
+        "normalize_whitespace": 0,
+        "drop_empty": 1,
+        "exact_dedup": 1,
+        "near_dedup": 0,
+    }
     assert data["tokenization"]["all"]["examples"] == 2
 
 
 def test_inspect_table_shows_rendered_example(qa_file, tiny_phi3):
-    result = run("data", "inspect", f"jsonl:{qa_file}", "--fields", "question=Question,answer=Answer",
-                 "--tokenizer", str(tiny_phi3))
+    result = run(
+        "data",
+        "inspect",
+        f"jsonl:{qa_file}",
+        "--fields",
+        "question=Question,answer=Answer",
+        "--tokenizer",
+        str(tiny_phi3),
+    )
     assert result.exit_code == 0, result.output
     assert "4 rows read, 2 kept" in result.output
     assert "drop_empty" in result.output
-    assert "<|assistant|>" in result.output and "A body temperature above normal.<|end|>" in result.output
+    assert (
+        "<|assistant|>" in result.output
+        and "A body temperature above normal.<|end|>" in result.output
+    )
 
 
 def test_inspect_fails_when_an_example_has_no_supervised_token(qa_file, tiny_phi3):
-    result = run("data", "inspect", f"jsonl:{qa_file}", "--fields", "question=Question,answer=Answer",
-                 "--tokenizer", str(tiny_phi3), "--max-len", "8", "--json")
+    result = run(
+        "data",
+        "inspect",
+        f"jsonl:{qa_file}",
+        "--fields",
+        "question=Question,answer=Answer",
+        "--tokenizer",
+        str(tiny_phi3),
+        "--max-len",
+        "8",
+        "--json",
+    )
     assert result.exit_code == 1
     assert "no supervised token" in result.output
 
@@ -66,7 +102,10 @@ def test_inspect_fails_when_an_example_has_no_supervised_token(qa_file, tiny_phi
         (["data", "inspect", "jsnl:x.jsonl"], "did you mean 'jsonl'"),
         (["data", "inspect", "QA_FILE"], "did you mean 'Question'"),
         (["data", "inspect", "QA_FILE", "--cleaner", "near_dedupe"], "did you mean 'near_dedup'"),
-        (["data", "inspect", "QA_FILE", "--fields", "questoin=Question"], "did you mean 'question'"),
+        (
+            ["data", "inspect", "QA_FILE", "--fields", "questoin=Question"],
+            "did you mean 'question'",
+        ),
     ],
 )
 def test_bad_input_is_one_red_line_and_exit_code_2(args, expected, qa_file, tiny_phi3):
@@ -80,14 +119,22 @@ def test_bad_input_is_one_red_line_and_exit_code_2(args, expected, qa_file, tiny
 
 
 def test_missing_tokenizer_is_a_clear_error(qa_file, tmp_path):
-    result = CliRunner(env={"COLUMNS": "200"}).invoke(main, ["data", "inspect", f"jsonl:{qa_file}", "--tokenizer", str(tmp_path / "nothing")])
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(
+        main, ["data", "inspect", f"jsonl:{qa_file}", "--tokenizer", str(tmp_path / "nothing")]
+    )
     assert result.exit_code == 2
     assert "could not load tokenizer" in result.output and "tiny-phi3" in result.output
 
 
 def test_inspect_real_medquad(shared_data, tiny_phi3):
-    result = run("data", "inspect", f"medquad:{shared_data / 'medquad' / '1_CancerGov_QA'}",
-                 "--tokenizer", str(tiny_phi3), "--json")
+    result = run(
+        "data",
+        "inspect",
+        f"medquad:{shared_data / 'medquad' / '1_CancerGov_QA'}",
+        "--tokenizer",
+        str(tiny_phi3),
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["rows_read"] == 729

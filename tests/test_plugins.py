@@ -41,7 +41,9 @@ def test_duplicate_name_names_both_plugins():
             register("jsonl", lambda location, *, fields: iter(()))
 
     pm = make_plugin_manager(entry_points=False, plugins=[Shadow()], disabled=())
-    with pytest.raises(PluginError, match=r"'jsonl' is registered twice, by 'lorakit.data.sources' and by"):
+    with pytest.raises(
+        PluginError, match=r"'jsonl' is registered twice, by 'lorakit.data.sources' and by"
+    ):
         Registries.from_plugin_manager(pm)
 
 
@@ -66,7 +68,9 @@ def test_unmarked_hook_function_fails_loudly():
 
 
 def test_unknown_name_suggests_the_closest():
-    registries = Registries.from_plugin_manager(make_plugin_manager(entry_points=False, disabled=()))
+    registries = Registries.from_plugin_manager(
+        make_plugin_manager(entry_points=False, disabled=())
+    )
     with pytest.raises(Exception, match="did you mean 'near_dedup'"):
         registries.cleaners.resolve("near_dedupe")
 
@@ -76,8 +80,19 @@ def installed_example(tmp_path_factory) -> Path:
     """The sample plugin package, pip-installed into a folder (entry points and all)."""
     target = tmp_path_factory.mktemp("site")
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--no-index", "--target", str(target), str(EXAMPLE_PLUGIN)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(EXAMPLE_PLUGIN),
+        ],
         capture_output=True,
         text=True,
     )
@@ -92,7 +107,10 @@ def test_example_plugin_found_through_its_entry_point(installed_example, monkeyp
     summary = {plugin["name"]: plugin for plugin in plugin_summary(pm)}
     assert summary["medqa_example"]["package"] == "lorakit-medqa-example"
     assert summary["medqa_example"]["version"] == "0.1.0"
-    assert summary["medqa_example"]["hooks"] == ["lorakit_register_cleaners", "lorakit_register_metrics"]
+    assert summary["medqa_example"]["hooks"] == [
+        "lorakit_register_cleaners",
+        "lorakit_register_metrics",
+    ]
     registries = Registries.from_plugin_manager(pm)
     assert registries.cleaners.entry("scrub_contacts").plugin == "medqa_example"
     metric = registries.metrics.resolve("keyword_recall")
@@ -140,7 +158,9 @@ def test_broken_entry_point_is_a_named_error(tmp_path, monkeypatch):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[lorakit]\nbroken = lorakit_no_such_module_xyz\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(PluginError, match=r"plugin 'broken' .*broken-plugin.* failed to import") as info:
+    with pytest.raises(
+        PluginError, match=r"plugin 'broken' .*broken-plugin.* failed to import"
+    ) as info:
         make_plugin_manager(disabled=())
     assert "LORAKIT_DISABLE_PLUGINS=broken" in str(info.value)
     assert make_plugin_manager(disabled=("broken",)) is not None

@@ -24,7 +24,11 @@ def test_free_text_row_from_mapping_with_field_mapping():
         file="qa.jsonl",
         line=3,
     )
-    assert (row.question, row.answer, row.kind) == ("What is a fever?", "A raised temperature.", "free_text")
+    assert (row.question, row.answer, row.kind) == (
+        "What is a fever?",
+        "A raised temperature.",
+        "free_text",
+    )
     assert row.origin == "qa.jsonl:3"
     assert row.meta == {"url": "x"}
     assert row.answer_index is None
@@ -48,13 +52,19 @@ def test_misnamed_field_names_file_line_field_and_suggests_column():
 
 
 def test_mapped_column_missing_is_an_error():
-    with pytest.raises(DataError, match=r"qa.csv:2: field 'Body': column 'Body' \(mapped to answer\) is missing"):
-        QARow.from_mapping({"question": "q", "answer": "a"}, fields={"answer": "Body"}, file="qa.csv", line=2)
+    with pytest.raises(
+        DataError, match=r"qa.csv:2: field 'Body': column 'Body' \(mapped to answer\) is missing"
+    ):
+        QARow.from_mapping(
+            {"question": "q", "answer": "a"}, fields={"answer": "Body"}, file="qa.csv", line=2
+        )
 
 
 def test_answer_letter_outside_options_is_an_error():
     with pytest.raises(DataError, match=r"answer letter 'E' is not among the options A, B, C"):
-        QARow.from_mapping({"question": "q", "options": ["a", "b", "c"], "answer_letter": "E"}, file="f", line=1)
+        QARow.from_mapping(
+            {"question": "q", "options": ["a", "b", "c"], "answer_letter": "E"}, file="f", line=1
+        )
 
 
 def test_wrong_type_is_an_error():
@@ -67,7 +77,10 @@ def test_null_answer_becomes_empty_for_the_cleaner_to_count():
 
 
 def test_parse_fields():
-    assert parse_fields("question=Question, answer=Answer") == {"question": "Question", "answer": "Answer"}
+    assert parse_fields("question=Question, answer=Answer") == {
+        "question": "Question",
+        "answer": "Answer",
+    }
     assert parse_fields(None) == {}
     with pytest.raises(ConfigError, match="did you mean 'question'"):
         parse_fields("questoin=Q")

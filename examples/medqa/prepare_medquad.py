@@ -1,6 +1,6 @@
 """Run lorakit's data pipeline on a MedQuAD folder and print the report.
 
-    python prepare_medquad.py PATH/TO/medquad [--tokenizer tiny-phi3]
+python prepare_medquad.py PATH/TO/medquad [--tokenizer tiny-phi3]
 """
 
 from __future__ import annotations
@@ -24,12 +24,18 @@ def main() -> None:
 
     name = str(tiny_phi3_path()) if args.tokenizer == "tiny-phi3" else args.tokenizer
     tokenizer = AutoTokenizer.from_pretrained(name)
-    spec = DataSpec(source=f"medquad:{args.medquad}", split=SplitSpec(group_by="group+focus", seed=0))
+    spec = DataSpec(
+        source=f"medquad:{args.medquad}", split=SplitSpec(group_by="group+focus", seed=0)
+    )
     data = prepare_data(spec, tokenizer)
     report = data.report.to_dict()
-    print(json.dumps({k: report[k] for k in ("rows_read", "rows_kept", "dropped", "split")}, indent=2))
+    print(
+        json.dumps({k: report[k] for k in ("rows_read", "rows_kept", "dropped", "split")}, indent=2)
+    )
     if args.benchmark:
-        overlap = benchmark_overlap(data.splits.train, {args.benchmark: list(read_source(args.benchmark))})
+        overlap = benchmark_overlap(
+            data.splits.train, {args.benchmark: list(read_source(args.benchmark))}
+        )
         print(json.dumps(overlap.to_dict(), indent=2))
 
 

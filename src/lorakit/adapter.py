@@ -45,7 +45,7 @@ class AdapterSpec:
     """
 
     rank: int = attrs.field(default=16, validator=attrs.validators.gt(0))
-    alpha: float = attrs.field(default=32.0, converter=float, validator=attrs.validators.gt(0))
+    alpha: int = attrs.field(default=32, validator=attrs.validators.gt(0))
     dropout: float = attrs.field(
         default=0.1, converter=float, validator=[attrs.validators.ge(0), attrs.validators.lt(1)]
     )
@@ -60,7 +60,10 @@ def _linear_names(model: Any) -> list[str]:
 
     names = set()
     for full_name, module in model.named_modules():
-        is_linear = isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt")
+        is_linear = isinstance(module, torch.nn.Linear) or type(module).__name__ in (
+            "Linear4bit",
+            "Linear8bitLt",
+        )
         if is_linear and not full_name.endswith("lm_head"):
             names.add(full_name.rsplit(".", 1)[-1])
     return sorted(names)
@@ -95,7 +98,8 @@ def resolve_targets(model: Any, targets: Sequence[str]) -> list[str]:
                 raise ConfigError(
                     f"{name!r} is not a linear layer of this {model_type} model",
                     field="adapter.targets",
-                    hint=did_you_mean(name, [*present, *GROUPS]) or f"linear layers: {', '.join(present)}",
+                    hint=did_you_mean(name, [*present, *GROUPS])
+                    or f"linear layers: {', '.join(present)}",
                 )
             if name not in resolved:
                 resolved.append(name)
@@ -104,7 +108,9 @@ def resolve_targets(model: Any, targets: Sequence[str]) -> list[str]:
     return resolved
 
 
-def apply_adapter(model: Any, spec: AdapterSpec, *, gradient_checkpointing: bool = True) -> tuple[Any, list[str]]:
+def apply_adapter(
+    model: Any, spec: AdapterSpec, *, gradient_checkpointing: bool = True
+) -> tuple[Any, list[str]]:
     """Freeze the base model, enable input grads and checkpointing, and wrap it with LoRA.
 
     Returns the PEFT model and the resolved target module names.

@@ -106,7 +106,9 @@ def _load_tokenizer(name: str) -> Any:
 
 @data_group.command("inspect")
 @click.argument("source")
-@click.option("--fields", help="Field mapping for generic sources, e.g. question=Question,answer=Answer.")
+@click.option(
+    "--fields", help="Field mapping for generic sources, e.g. question=Question,answer=Answer."
+)
 @click.option(
     "--tokenizer",
     default=DEFAULT_TOKENIZER,
@@ -154,7 +156,8 @@ def inspect_command(
         limit=limit,
     )
     if cleaners:
-        spec = attrs.evolve(spec, cleaners=tuple(CleanerSpec.parse(text) for text in cleaners))
+        chain = [CleanerSpec.parse(text) for text in cleaners]
+        spec = attrs.evolve(spec, cleaners=chain)
     tok = _load_tokenizer(tokenizer)
     with progress_for(_console(err=True), enabled=not as_json and sys.stderr.isatty()) as progress:
         report, examples = inspect_data(spec, tok, progress=progress)
@@ -182,7 +185,13 @@ def _print_inspection(report: Any, examples: list[Any], tokenizer: Any) -> None:
         f"[bold]{report.source}[/]: {report.rows_read:,} rows read, {report.rows_kept:,} kept "
         f"({', '.join(f'{k} {v:,}' for k, v in report.kinds.items())})"
     )
-    console.print(counts_table("Cleaning", data["cleaning"]["steps"], ["name", "rows_in", "rows_out", "changed", "dropped"]))
+    console.print(
+        counts_table(
+            "Cleaning",
+            data["cleaning"]["steps"],
+            ["name", "rows_in", "rows_out", "changed", "dropped"],
+        )
+    )
     tok = data["tokenization"]["all"]
     console.print(
         f"Tokens: {tok['examples']:,} examples, {tok['supervised_tokens']:,} supervised of "
@@ -192,7 +201,9 @@ def _print_inspection(report: Any, examples: list[Any], tokenizer: Any) -> None:
     )
     console.print(counts_table("Token lengths", tok["histogram"], ["bucket", "count"]))
     if examples:
-        console.rule(f"first example, {examples[0].origin}: [bold green]supervised[/], [dim]masked[/]")
+        console.rule(
+            f"first example, {examples[0].origin}: [bold green]supervised[/], [dim]masked[/]"
+        )
         console.print(render_example(tokenizer, examples[0].input_ids, examples[0].labels))
         console.rule()
 

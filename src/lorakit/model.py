@@ -45,7 +45,9 @@ class QuantSpec:
             that supports it, else float16, and float32 on the CPU.
     """
 
-    method: QuantMethod = attrs.field(default="nf4", validator=attrs.validators.in_(("nf4", "fp4", "none")))
+    method: QuantMethod = attrs.field(
+        default="nf4", validator=attrs.validators.in_(("nf4", "fp4", "none"))
+    )
     double_quant: bool = True
     compute_dtype: DtypeName = attrs.field(
         default="auto", validator=attrs.validators.in_(("auto", "bfloat16", "float16", "float32"))
@@ -120,7 +122,9 @@ class QuantizedModelBuilder:
     loader runs last.
     """
 
-    def __init__(self, spec: ModelSpec, *, plugin_manager: pluggy.PluginManager | None = None) -> None:
+    def __init__(
+        self, spec: ModelSpec, *, plugin_manager: pluggy.PluginManager | None = None
+    ) -> None:
         self.spec = spec
         self.plugin_manager = plugin_manager
 
@@ -175,7 +179,9 @@ def load_hf_model(spec: ModelSpec) -> LoadedModel:
             )
     kwargs["device_map"] = {"": _local_rank()} if cuda else {"": "cpu"}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+        )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*kernels.*")
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -190,7 +196,9 @@ def load_hf_model(spec: ModelSpec) -> LoadedModel:
     if spec.quant.method != "none":
         fixed = disable_cpu_inference_path(model)
         if fixed and not cuda:
-            notes.append(f"kept {fixed} 4-bit layers off the CPU inference-only path so LoRA gradients stay exact")
+            notes.append(
+                f"kept {fixed} 4-bit layers off the CPU inference-only path so LoRA gradients stay exact"
+            )
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,

@@ -179,9 +179,7 @@ class Registries:
 
 def plugin_summary(pm: pluggy.PluginManager) -> list[dict[str, Any]]:
     """One entry per registered plugin: name, distribution and version, hooks it implements."""
-    dists = {
-        ep.name: ep.dist for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-    }
+    dists = {ep.name: ep.dist for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
     out = []
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: item[0]):
         if plugin is None:
@@ -191,8 +189,12 @@ def plugin_summary(pm: pluggy.PluginManager) -> list[dict[str, Any]]:
         out.append(
             {
                 "name": name,
-                "package": dist.name if dist is not None else ("lorakit" if name in DEFAULT_PLUGINS else None),
-                "version": dist.version if dist is not None else (__version__ if name in DEFAULT_PLUGINS else None),
+                "package": dist.name
+                if dist is not None
+                else ("lorakit" if name in DEFAULT_PLUGINS else None),
+                "version": dist.version
+                if dist is not None
+                else (__version__ if name in DEFAULT_PLUGINS else None),
                 "builtin": name in DEFAULT_PLUGINS,
                 "hooks": hooks,
             }

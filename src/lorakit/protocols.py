@@ -115,4 +115,6 @@ def mean_metric(metric: Metric, predictions: Sequence[str], references: Sequence
         raise ConfigError(f"{len(predictions)} predictions for {len(references)} references")
     if not predictions:
         raise ConfigError("cannot score zero items")
-    return sum(metric(p, r) for p, r in zip(predictions, references, strict=True)) / len(predictions)
+    return sum(metric(p, r) for p, r in zip(predictions, references, strict=True)) / len(
+        predictions
+    )

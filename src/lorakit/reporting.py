@@ -108,7 +108,9 @@ def counts_table(title: str, rows: Sequence[Mapping[str, Any]], columns: Sequenc
     """A table with one row per mapping, the given columns in order."""
     table = Table(title=title, title_justify="left")
     for column in columns:
-        table.add_column(column, justify="left" if column in ("cleaner", "name", "reason") else "right")
+        table.add_column(
+            column, justify="left" if column in ("cleaner", "name", "reason") else "right"
+        )
     for row in rows:
         table.add_row(*(_cell(row.get(column)) for column in columns))
     return table
@@ -122,5 +124,10 @@ def _cell(value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, Mapping):
-        return ", ".join(f"{k}: {v:,}" if isinstance(v, int) else f"{k}: {v}" for k, v in value.items()) or "-"
+        return (
+            ", ".join(
+                f"{k}: {v:,}" if isinstance(v, int) else f"{k}: {v}" for k, v in value.items()
+            )
+            or "-"
+        )
     return str(value)

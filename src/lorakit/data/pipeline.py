@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -24,7 +24,13 @@ from lorakit.data.cleaners import (
 from lorakit.data.rows import QARow
 from lorakit.data.sources import read_source
 from lorakit.data.splits import Splits, SplitSpec, split_rows
-from lorakit.data.tokenize import Example, TokenizeReport, TokenizeSpec, ensure_pad_token, tokenize_rows
+from lorakit.data.tokenize import (
+    Example,
+    TokenizeReport,
+    TokenizeSpec,
+    ensure_pad_token,
+    tokenize_rows,
+)
 from lorakit.errors import ConfigError, DataError
 from lorakit.plugins import Registries
 from lorakit.reporting import NullProgress, ProgressReporter
@@ -37,7 +43,13 @@ __all__ = ["DataReport", "DataSpec", "PreparedData", "inspect_data", "prepare_da
 
 def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
     if value is not None and value < 1:
-        raise ConfigError(f"{attribute.name} must be a positive number of rows, got {value}", field=attribute.name)
+        raise ConfigError(
+            f"{attribute.name} must be a positive number of rows, got {value}", field=attribute.name
+        )
+
+
+def _cleaner_chain(value: Iterable[CleanerSpec | str]) -> tuple[CleanerSpec, ...]:
+    return tuple(CleanerSpec.parse(v) if isinstance(v, str) else v for v in value)
 
 
 @attrs.frozen(kw_only=True)
@@ -57,7 +69,9 @@ class DataSpec:
 
     source: str
     fields: Mapping[str, str] = attrs.field(factory=dict)
-    cleaners: tuple[CleanerSpec, ...] = attrs.field(default=DEFAULT_CLEANERS, converter=tuple)
+    cleaners: tuple[CleanerSpec, ...] = attrs.field(
+        default=DEFAULT_CLEANERS, converter=_cleaner_chain
+    )
     split: SplitSpec = attrs.field(factory=SplitSpec)
     template: str = "qa"
     template_options: Mapping[str, Any] = attrs.field(factory=dict)
@@ -117,7 +131,10 @@ class PreparedData:
 
 
 def read_rows(
-    spec: DataSpec, *, registries: Registries | None = None, progress: ProgressReporter | None = None
+    spec: DataSpec,
+    *,
+    registries: Registries | None = None,
+    progress: ProgressReporter | None = None,
 ) -> list[QARow]:
     """Read the source's rows (the first ``spec.limit`` when set)."""
     advance = (progress or NullProgress()).task(f"Reading {spec.source}", spec.limit)
@@ -129,7 +146,9 @@ def read_rows(
         out.append(row)
         advance(1)
     if not out:
-        raise DataError("the source has no rows", file=spec.source, hint="check the path and the field mapping")
+        raise DataError(
+            "the source has no rows", file=spec.source, hint="check the path and the field mapping"
+        )
     return out
 
 
@@ -138,7 +157,9 @@ def _template(spec: DataSpec, registries: Registries) -> Template:
     try:
         template: Template = factory(**spec.template_options)
     except TypeError as exc:
-        raise ConfigError(f"bad options for template {spec.template!r}: {exc}", field="template_options") from exc
+        raise ConfigError(
+            f"bad options for template {spec.template!r}: {exc}", field="template_options"
+        ) from exc
     return template
 
 
@@ -209,7 +230,11 @@ def prepare_data(
             examples[name], reports[name] = [], TokenizeReport.empty(spec.tokenize)
             continue
         examples[name], reports[name] = tokenize_rows(
-            part, tokenizer, template, spec.tokenize, progress=progress.task(f"Tokenising {name}", len(part))
+            part,
+            tokenizer,
+            template,
+            spec.tokenize,
+            progress=progress.task(f"Tokenising {name}", len(part)),
         )
     report = DataReport(
         source=spec.source,

@@ -145,17 +145,24 @@ class QARow:
         for name, value in values.items():
             kwargs[name] = _coerce(name, value, file, line, fields.get(name, name))
         if is_mcq:
-            kwargs["options"] = _options(kwargs.get("options"), file, line, fields.get("options", "options"))
+            kwargs["options"] = _options(
+                kwargs.get("options"), file, line, fields.get("options", "options")
+            )
             letter = kwargs.get("answer_letter")
             kwargs["answer_letter"] = letter.strip().upper() if isinstance(letter, str) else letter
-            if not kwargs.get("answer") and kwargs["answer_letter"] in LETTERS[: len(kwargs["options"])]:
+            if (
+                not kwargs.get("answer")
+                and kwargs["answer_letter"] in LETTERS[: len(kwargs["options"])]
+            ):
                 kwargs["answer"] = kwargs["options"][LETTERS.index(kwargs["answer_letter"])]
             kwargs.setdefault("answer", "")
         else:
             kwargs.pop("options", None)
             kwargs["answer_letter"] = None
         used = {fields.get(n, n) for n in MAPPABLE}
-        kwargs["meta"] = {str(k): str(v) for k, v in record.items() if k not in used and v is not None}
+        kwargs["meta"] = {
+            str(k): str(v) for k, v in record.items() if k not in used and v is not None
+        }
         kwargs["origin"] = _origin(file, line)
         if not kwargs.get("id") and line is not None:
             kwargs["id"] = str(line)
@@ -179,11 +186,21 @@ def _missing(
 ) -> DataError:
     keys = [str(k) for k in record]
     suggestion = did_you_mean(column, keys)
-    hint = f"{suggestion} map it with --fields {name}=COLUMN" if suggestion else (
-        f"the record has {', '.join(keys) or 'no fields'}; map one with --fields {name}=COLUMN"
+    hint = (
+        f"{suggestion} map it with --fields {name}=COLUMN"
+        if suggestion
+        else (
+            f"the record has {', '.join(keys) or 'no fields'}; map one with --fields {name}=COLUMN"
+        )
     )
-    what = f"column {column!r} (mapped to {name})" if mapped else f"required field {column!r} is missing"
-    return DataError(what if not mapped else f"{what} is missing", file=file, line=line, field=column, hint=hint)
+    what = (
+        f"column {column!r} (mapped to {name})"
+        if mapped
+        else f"required field {column!r} is missing"
+    )
+    return DataError(
+        what if not mapped else f"{what} is missing", file=file, line=line, field=column, hint=hint
+    )
 
 
 def _coerce(name: str, value: Any, file: str | None, line: int | None, column: str) -> Any:
@@ -217,7 +234,9 @@ def _options(value: Any, file: str | None, line: int | None, column: str) -> tup
         value = [value[k] for k in keys]
     if isinstance(value, str):
         value = [part.strip() for part in value.split("|")]
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, int, float)) for v in value):
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(v, (str, int, float)) for v in value
+    ):
         raise DataError(
             "options must be a list of texts, an object keyed A, B, C…, or a text split by '|'",
             file=file,
@@ -225,7 +244,12 @@ def _options(value: Any, file: str | None, line: int | None, column: str) -> tup
             field=column,
         )
     if len(value) < 2:
-        raise DataError(f"a multiple-choice row needs at least 2 options, got {len(value)}", file=file, line=line, field=column)
+        raise DataError(
+            f"a multiple-choice row needs at least 2 options, got {len(value)}",
+            file=file,
+            line=line,
+            field=column,
+        )
     return tuple(str(v) for v in value)
 
 
