@@ -82,6 +82,76 @@ def plugins_command(as_json: bool) -> None:
     _console().print(table)
 
 
+def _presets() -> Any:
+    from lorakit.plugins import Registries
+
+    return Registries.from_plugin_manager().presets
+
+
+@main.command("presets")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def presets_command(as_json: bool) -> None:
+    """List the registered presets."""
+    registry = _presets()
+    rows = []
+    for entry in registry:
+        recipe = entry.obj
+        rows.append(
+            {
+                "name": entry.name,
+                "plugin": entry.plugin,
+                "model": recipe.model.name,
+                "data": recipe.data.source,
+                "adapter": f"r {recipe.adapter.rank}, alpha {recipe.adapter.alpha}",
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from lorakit.reporting import counts_table
+
+    _console().print(
+        counts_table("lorakit presets", rows, ["name", "model", "data", "adapter", "plugin"])
+    )
+
+
+@main.command("train")
+@click.argument("preset")
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Change a setting by dotted path, e.g. --set adapter.rank=32 (repeatable).",
+)
+@click.option(
+    "--run-dir", type=click.Path(file_okay=False), help="Run directory (default runs/PRESET-TIME)."
+)
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def train_command(
+    preset: str, assignments: tuple[str, ...], run_dir: str | None, no_progress: bool
+) -> None:
+    """Fine-tune with PRESET; an unfinished run in --run-dir resumes from its last checkpoint."""
+    from lorakit.overrides import parse_assignment
+
+    recipe = _presets().resolve(preset)
+    overrides = dict(parse_assignment(text) for text in assignments)
+    recipe = recipe.with_overrides(overrides)
+    result = recipe.run(run_dir, show_progress=not no_progress)
+    report = result.report
+    ev = report["eval"]
+    best = report["best"] or {}
+    console = _console()
+    console.print(
+        f"[bold green]done[/] {report['steps']} steps"
+        + (f" (resumed from {report['resumed_from']})" if report["resumed_from"] else "")
+        + f"; eval loss {ev['loss_before']:.4f} -> {ev['loss']:.4f}, perplexity {ev['perplexity']:.2f}; "
+        f"best {best.get('checkpoint', '-')}"
+    )
+    console.print(f"adapter: {result.adapter_dir}")
+    console.print(f"report: {result.run_dir / 'report.md'}")
+
+
 @main.group("data")
 def data_group() -> None:
     """Look at data before training on it."""

@@ -8,9 +8,16 @@ subset of them.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import pluggy
 
 from lorakit.protocols import Register
+
+if TYPE_CHECKING:
+    from lorakit.model import LoadedModel, ModelSpec
+    from lorakit.recipe import Recipe, RunResult
 
 __all__ = ["hookimpl", "hookspec"]
 
@@ -67,3 +74,38 @@ def lorakit_register_presets(register: Register) -> None:
     ``lorakit train NAME`` runs one. Return nothing; a duplicate name is a
     :class:`~lorakit.errors.PluginError`.
     """
+
+
+@hookspec(firstresult=True)
+def lorakit_load_model(spec: ModelSpec) -> LoadedModel | None:
+    """Load the base model and tokenizer for ``spec``, or return ``None`` to pass.
+
+    The first implementation that returns a :class:`~lorakit.model.LoadedModel`
+    wins; lorakit's built-in Hugging Face + bitsandbytes loader runs last. Use it
+    to load from a private store or another quantisation backend.
+    """
+
+
+@hookspec
+def lorakit_trainer_callbacks(recipe: Recipe) -> list[Any]:
+    """Return extra ``transformers.TrainerCallback`` objects for a run of ``recipe``.
+
+    Return a list (possibly empty); lorakit attaches every returned callback to
+    the trainer, after its own.
+    """
+
+
+@hookspec
+def lorakit_run_start(recipe: Recipe, run_dir: Path) -> None:
+    """Called once a run directory is ready, before the model loads. Return nothing."""
+
+
+@hookspec
+def lorakit_log_metrics(metrics: dict[str, Any], step: int) -> None:
+    """Called with every logged record (``loss``, ``eval_loss``, ``learning_rate`` ...) and
+    the optimizer step, as it is appended to ``metrics.jsonl``. Return nothing."""
+
+
+@hookspec
+def lorakit_run_end(result: RunResult) -> None:
+    """Called after a run finished and its report is written. Return nothing."""

@@ -42,6 +42,8 @@ DEFAULT_PLUGINS = (
     "lorakit.data.sources",
     "lorakit.data.cleaners",
     "lorakit.data.templates",
+    "lorakit.model",
+    "lorakit.presets",
 )
 
 

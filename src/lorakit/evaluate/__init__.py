@@ -1,0 +1,1 @@
+"""Evaluation: answer-only loss and perplexity (more metrics arrive as plugins)."""

@@ -1,0 +1,95 @@
+"""Built-in presets: ``medqa_phi3`` (the reference QLoRA run) and ``medqa_phi3_tiny`` (offline demo).
+
+Presets are plain :class:`~lorakit.recipe.Recipe` values built from shared blocks;
+importing this module does no I/O and imports no torch::
+
+    from lorakit.presets import medqa_phi3
+    result = medqa_phi3.with_overrides({"adapter.rank": 32}).run()
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lorakit.adapter import AdapterSpec
+from lorakit.data.pipeline import DataSpec
+from lorakit.data.splits import SplitSpec
+from lorakit.data.tokenize import TokenizeSpec
+from lorakit.hookspecs import hookimpl
+from lorakit.model import TINY_PHI3, ModelSpec, QuantSpec
+from lorakit.protocols import Register
+from lorakit.recipe import Recipe
+from lorakit.train import TrainingArgs
+
+__all__ = ["DEMO_DATA", "MEDQUAD_HUB", "medqa_phi3", "medqa_phi3_tiny"]
+
+PHI3_MINI = "microsoft/Phi-3-mini-4k-instruct"
+MEDQUAD_HUB = "hf:keivalya/MedQuad-MedicalQnADataset"
+"""The MedQuAD copy on the Hugging Face hub that most users train on (columns qtype, Question, Answer)."""
+DEMO_DATA = Path(__file__).with_name("demo_medqa.jsonl")
+"""98 plain health facts written for lorakit's offline demo: a demo set, not medical advice."""
+
+# The seed recipe's adapter: r 16, alpha 32, dropout 0.1 on attention and MLP.
+SEED_ADAPTER = AdapterSpec(rank=16, alpha=32, dropout=0.1, targets=("attention", "mlp"))
+NF4 = QuantSpec(method="nf4", double_quant=True, compute_dtype="auto")
+
+medqa_phi3 = Recipe(
+    name="medqa_phi3",
+    model=ModelSpec(name=PHI3_MINI, quant=NF4),
+    adapter=SEED_ADAPTER,
+    data=DataSpec(
+        source=MEDQUAD_HUB,
+        fields={"question": "Question", "answer": "Answer", "category": "qtype"},
+        # The hub copy has no document ids: identical questions stay in one split.
+        # With a local MedQuAD folder use data.source=medquad:DIR and data.split.group_by=group+focus.
+        split=SplitSpec(eval_fraction=0.05, test_fraction=0.05, group_by="question", seed=0),
+        tokenize=TokenizeSpec(max_len=1024),
+    ),
+    training=TrainingArgs(
+        epochs=1.0,
+        batch_size=4,
+        grad_accum=4,
+        learning_rate=2e-4,
+        optimizer="paged_adamw_8bit",
+        scheduler="cosine",
+        warmup_steps=100,
+        gradient_checkpointing=True,
+        eval_steps=100,
+        save_steps=100,
+        load_best=True,
+    ),
+)
+"""The reference run: Phi-3-mini-4k-instruct, 4-bit NF4 QLoRA on MedQuAD, the seed's values."""
+
+medqa_phi3_tiny = Recipe(
+    name="medqa_phi3_tiny",
+    model=ModelSpec(name=TINY_PHI3, quant=NF4),
+    adapter=SEED_ADAPTER,
+    data=DataSpec(
+        source=f"jsonl:{DEMO_DATA}",
+        fields={"category": "qtype"},
+        split=SplitSpec(eval_fraction=0.15, test_fraction=0.1, group_by="focus", seed=0),
+        tokenize=TokenizeSpec(max_len=256),
+    ),
+    training=TrainingArgs(
+        max_steps=60,
+        batch_size=4,
+        grad_accum=1,
+        eval_batch_size=16,
+        learning_rate=1e-2,
+        optimizer="paged_adamw_8bit",
+        scheduler="cosine",
+        warmup_steps=100,
+        eval_steps=20,
+        save_steps=20,
+        logging_steps=5,
+        load_best=True,
+    ),
+)
+"""The same pipeline, offline in minutes on a CPU: the tiny built-in Phi-3 and the demo set."""
+
+
+@hookimpl
+def lorakit_register_presets(register: Register) -> None:
+    register("medqa_phi3", medqa_phi3)
+    register("medqa_phi3_tiny", medqa_phi3_tiny)

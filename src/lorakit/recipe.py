@@ -1,0 +1,223 @@
+"""``Recipe``: model + adapter + data + training, and ``run()`` which wires them together.
+
+The recipe is the only place where data and model meet. ``run()`` writes one run
+directory::
+
+    RUN_DIR/
+      recipe.json        the resolved recipe
+      data_report.json   rows read, dropped per cleaner, split, truncation, lengths
+      eval_before.json   answer-only eval loss of the base model (before training)
+      checkpoints/       trainer checkpoints (resume from the latest)
+      metrics.jsonl      every logged training / eval record
+      adapter/           the final (best) adapter and tokenizer, written atomically
+      report.json        results and run card; written last: a run is complete iff it exists
+      report.md          the same, for people
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from lorakit.adapter import AdapterSpec
+from lorakit.data.pipeline import DataSpec
+from lorakit.errors import ConfigError, LorakitError
+from lorakit.model import ModelSpec
+from lorakit.overrides import apply_overrides
+from lorakit.train import TrainingArgs
+
+__all__ = ["Recipe", "RunResult", "load_recipe_dict"]
+
+RUN_FILES = ("recipe.json", "report.json")
+
+
+@attrs.frozen(kw_only=True)
+class Recipe:
+    """Everything a fine-tuning run needs, as frozen data (building one does no I/O).
+
+    Attributes:
+        name: the recipe's name (presets use their own); prefixes run directories.
+        model: the base model and its quantisation.
+        adapter: the LoRA adapter.
+        data: the data pipeline.
+        training: optimizer, schedule, batch sizes, evaluation and checkpoints.
+    """
+
+    name: str
+    model: ModelSpec
+    adapter: AdapterSpec = attrs.field(factory=AdapterSpec)
+    data: DataSpec
+    training: TrainingArgs = attrs.field(factory=TrainingArgs)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Recipe:
+        """A copy with settings changed by dotted path: ``{"adapter.rank": 32}``.
+
+        String values (from the command line) are parsed to the setting's type.
+        An unknown key raises :class:`ConfigError` suggesting the closest one.
+        """
+        return apply_overrides(self, overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as JSON-able data (what ``recipe.json`` holds)."""
+        return _jsonable(attrs.asdict(self, recurse=True))
+
+    def run(
+        self,
+        run_dir: str | Path | None = None,
+        *,
+        plugin_manager: Any = None,
+        show_progress: bool = True,
+    ) -> RunResult:
+        """Train and evaluate; return the result. See :func:`lorakit.runner.run_recipe`."""
+        from lorakit.runner import run_recipe
+
+        return run_recipe(self, run_dir, plugin_manager=plugin_manager, show_progress=show_progress)
+
+
+@attrs.frozen(kw_only=True)
+class RunResult:
+    """What a finished run produced: its directory, adapter and report."""
+
+    run_dir: Path
+    adapter_dir: Path
+    report: Mapping[str, Any]
+    model: Any = attrs.field(default=None, repr=False, eq=False)
+    """The trained PEFT model, still in memory (the best adapter loaded)."""
+    tokenizer: Any = attrs.field(default=None, repr=False, eq=False)
+
+    @property
+    def eval_loss(self) -> float:
+        """Answer-only eval loss of the final adapter."""
+        return float(self.report["eval"]["loss"])
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    """A short hash of the resolved recipe, to recognise a run directory on resume."""
+    text = json.dumps(recipe.to_dict(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def default_run_dir(name: str) -> Path:
+    """``runs/NAME-YYYYmmdd-HHMMSS`` under the current directory."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{name}-{stamp}"
+
+
+def prepare_run_dir(run_dir: Path, recipe: Recipe) -> bool:
+    """Create or check ``run_dir``; return True when it holds an unfinished run of this recipe.
+
+    Raises:
+        ConfigError: the directory holds a finished run, another recipe's run, or
+            files that are not a lorakit run.
+    """
+    recipe_file = run_dir / "recipe.json"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if (run_dir / "report.json").exists():
+            raise ConfigError(
+                "the run directory already holds a finished run",
+                file=str(run_dir),
+                hint="choose another --run-dir (runs never overwrite a finished run)",
+            )
+        if not recipe_file.exists():
+            raise ConfigError(
+                "the run directory exists and is not a lorakit run",
+                file=str(run_dir),
+                hint="choose an empty or new --run-dir",
+            )
+        stored = json.loads(recipe_file.read_text(encoding="utf-8"))
+        if stored.get("hash") != recipe_hash(recipe):
+            raise ConfigError(
+                "the run directory holds an unfinished run of a different recipe",
+                file=str(run_dir),
+                hint="resume it with the same preset and --set values, or choose another --run-dir",
+            )
+        return True
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(recipe_file, {"hash": recipe_hash(recipe), "recipe": recipe.to_dict()})
+    return False
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename."""
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text to ``path`` through a temporary file in the same folder and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def replace_dir_atomic(source: Path, target: Path) -> None:
+    """Move the complete folder ``source`` to ``target``, replacing an older one."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(source, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(source, target)
+
+
+def load_recipe_dict(run_dir: str | Path) -> dict[str, Any]:
+    """The resolved recipe stored in a run directory."""
+    path = Path(run_dir) / "recipe.json"
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8"))["recipe"])
+    except FileNotFoundError:
+        raise LorakitError(
+            "no recipe.json here", file=str(path), hint="is this a lorakit run directory?"
+        ) from None
+
+
+def versions() -> dict[str, str]:
+    """Versions of lorakit and the libraries a run depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in (
+        "lorakit",
+        "torch",
+        "transformers",
+        "peft",
+        "bitsandbytes",
+        "accelerate",
+        "tokenizers",
+    ):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def checkpoint_step(path: Path | str) -> int:
+    """The step number of a ``checkpoint-N`` folder."""
+    match = re.search(r"checkpoint-(\d+)$", str(path))
+    return int(match.group(1)) if match else -1

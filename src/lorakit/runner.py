@@ -1,0 +1,310 @@
+"""The body of ``Recipe.run()``: data -> model -> adapter -> trainer -> evaluation -> report."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lorakit.errors import LorakitError
+
+if TYPE_CHECKING:
+    from lorakit.recipe import Recipe, RunResult
+
+__all__ = ["run_recipe"]
+
+
+def run_recipe(
+    recipe: Recipe,
+    run_dir: str | Path | None = None,
+    *,
+    plugin_manager: Any = None,
+    show_progress: bool = True,
+) -> RunResult:
+    """Train ``recipe`` and write its run directory (see :mod:`lorakit.recipe`).
+
+    An unfinished run of the same recipe in ``run_dir`` resumes from its latest
+    checkpoint, and the report says so.
+    """
+    from rich.console import Console
+
+    from lorakit.adapter import apply_adapter
+    from lorakit.data.pipeline import prepare_data
+    from lorakit.evaluate.perplexity import answer_loss
+    from lorakit.model import QuantizedModelBuilder
+    from lorakit.plugins import Registries, make_plugin_manager
+    from lorakit.recipe import (
+        RunResult,
+        default_run_dir,
+        prepare_run_dir,
+        replace_dir_atomic,
+        versions,
+        write_json_atomic,
+        write_text_atomic,
+    )
+    from lorakit.reporting import progress_for
+    from lorakit.train import QACollator, TrainerFactory, metrics_callback, progress_callback
+
+    started = dt.datetime.now(dt.timezone.utc)
+    pm = plugin_manager if plugin_manager is not None else make_plugin_manager()
+    registries = Registries.from_plugin_manager(pm)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(recipe.name)
+    resuming = prepare_run_dir(run_dir, recipe)
+    console = Console(stderr=True)
+    pm.hook.lorakit_run_start(recipe=recipe, run_dir=run_dir)
+
+    loaded = QuantizedModelBuilder(recipe.model, plugin_manager=pm).build()
+    for note in loaded.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    tokenizer = loaded.tokenizer
+    with progress_for(console, show_progress) as progress:
+        data = prepare_data(recipe.data, tokenizer, registries=registries, progress=progress)
+    write_json_atomic(run_dir / "data_report.json", data.report.to_dict())
+    train_examples, eval_examples = data.examples["train"], data.examples["eval"]
+    pad_id = tokenizer.pad_token_id
+    for config in (loaded.model.config, getattr(loaded.model, "generation_config", None)):
+        if config is not None:
+            config.pad_token_id = pad_id
+
+    model, targets = apply_adapter(
+        loaded.model, recipe.adapter, gradient_checkpointing=recipe.training.gradient_checkpointing
+    )
+    collate = QACollator(pad_id)
+    eval_before_file = run_dir / "eval_before.json"
+    if eval_before_file.exists():
+        eval_before = json.loads(eval_before_file.read_text(encoding="utf-8"))
+    else:
+        with progress_for(console, show_progress) as progress:
+            before = answer_loss(
+                model,
+                eval_examples,
+                collate,
+                batch_size=recipe.training.eval_batch_size,
+                progress=progress.task("Eval loss before training", len(eval_examples)),
+            )
+        eval_before = before.to_dict()
+        write_json_atomic(eval_before_file, eval_before)
+
+    def on_log(record: dict[str, Any], step: int) -> None:
+        pm.hook.lorakit_log_metrics(metrics=record, step=step)
+
+    callbacks = [metrics_callback(run_dir / "metrics.jsonl", on_log)]
+    if show_progress:
+        callbacks.append(progress_callback(console))
+    for extra in pm.hook.lorakit_trainer_callbacks(recipe=recipe):
+        callbacks.extend(extra or [])
+    factory = TrainerFactory(
+        recipe.training, run_dir / "checkpoints", loaded.compute_dtype, callbacks=callbacks
+    )
+    trainer = factory.create(
+        model,
+        tokenizer,
+        train_examples,
+        eval_examples,
+        pad_id=pad_id,
+        max_len=recipe.data.tokenize.max_len,
+    )
+    resume_from = latest_checkpoint(run_dir / "checkpoints") if resuming else None
+    train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+
+    best = verify_best_checkpoint(trainer, model) if recipe.training.load_best else None
+    with progress_for(console, show_progress) as progress:
+        after = answer_loss(
+            model,
+            eval_examples,
+            collate,
+            batch_size=recipe.training.eval_batch_size,
+            progress=progress.task("Eval loss after training", len(eval_examples)),
+        )
+        test_examples = data.examples["test"]
+        test = (
+            answer_loss(
+                model,
+                test_examples,
+                collate,
+                batch_size=recipe.training.eval_batch_size,
+                progress=progress.task("Test loss", len(test_examples)),
+            ).to_dict()
+            if test_examples
+            else None
+        )
+
+    adapter_dir = run_dir / "adapter"
+    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".adapter-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        replace_dir_atomic(tmp, adapter_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    history = trainer.state.log_history
+    train_losses = [h["loss"] for h in history if "loss" in h]
+    report = {
+        "status": "complete",
+        "recipe": recipe.name,
+        "run_dir": str(run_dir),
+        "started": started.isoformat(timespec="seconds"),
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "resumed_from": None if resume_from is None else resume_from.name,
+        "steps": trainer.state.global_step,
+        "train": {
+            "final_loss": train_losses[-1] if train_losses else None,
+            "mean_loss": float(train_output.training_loss),
+            "examples": len(train_examples),
+        },
+        "eval": {
+            "loss_before": eval_before["loss"],
+            "perplexity_before": eval_before["perplexity"],
+            **after.to_dict(),
+        },
+        "test": test,
+        "best": best,
+        "adapter": {"path": str(adapter_dir), "targets": targets},
+        "data": {
+            k: data.report.to_dict()[k]
+            for k in ("rows_read", "rows_kept", "kind", "dropped", "split")
+        },
+        "notes": [*loaded.notes, *factory.notes],
+        "run_card": {
+            "versions": versions(),
+            "device": loaded.device,
+            "compute_dtype": loaded.compute_dtype,
+            "data_hash": data_hash(data.examples),
+            "template_hash": template_hash(tokenizer, recipe),
+        },
+    }
+    write_text_atomic(run_dir / "report.md", report_markdown(report))
+    write_json_atomic(run_dir / "report.json", report)
+    result = RunResult(
+        run_dir=run_dir, adapter_dir=adapter_dir, report=report, model=model, tokenizer=tokenizer
+    )
+    pm.hook.lorakit_run_end(result=result)
+    return result
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The ``checkpoint-N`` folder with the highest N that has its trainer state, or None."""
+    from lorakit.recipe import checkpoint_step
+
+    if not folder.is_dir():
+        return None
+    complete = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    return max(complete, key=checkpoint_step, default=None)
+
+
+def verify_best_checkpoint(trainer: Any, model: Any) -> dict[str, Any]:
+    """Check that the adapter in memory equals the best checkpoint's adapter, bit for bit."""
+    import torch
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from lorakit.recipe import checkpoint_step
+
+    state = trainer.state
+    best_dir = state.best_model_checkpoint
+    if best_dir is None:
+        raise LorakitError(
+            "training kept no best checkpoint", hint="set training.eval_steps below the run's steps"
+        )
+    saved = load_file(str(Path(best_dir) / "adapter_model.safetensors"))
+    current = {k: v.detach().cpu() for k, v in get_peft_model_state_dict(model).items()}
+    mismatched = [
+        k
+        for k, v in saved.items()
+        if k not in current or not torch.equal(current[k].to(v.dtype), v)
+    ]
+    if mismatched or len(saved) != len(current):
+        raise LorakitError(
+            f"the adapter in memory differs from the best checkpoint {best_dir} in {len(mismatched)} tensors",
+            hint="this is a bug in checkpoint loading; the checkpoints are intact on disk",
+        )
+    return {
+        "checkpoint": Path(best_dir).name,
+        "step": checkpoint_step(best_dir),
+        "eval_loss": state.best_metric,
+        "verified": True,
+        "tensors_compared": len(saved),
+    }
+
+
+def data_hash(examples: dict[str, list[Any]]) -> str:
+    """SHA-256 over the token ids and labels of every split, in order."""
+    digest = hashlib.sha256()
+    for name in sorted(examples):
+        digest.update(name.encode())
+        for example in examples[name]:
+            digest.update(json.dumps([example.input_ids, example.labels]).encode())
+    return digest.hexdigest()
+
+
+def template_hash(tokenizer: Any, recipe: Recipe) -> str:
+    """SHA-256 over the tokenizer's chat template and the recipe's template settings."""
+    text = json.dumps(
+        {
+            "chat_template": getattr(tokenizer, "chat_template", None),
+            "template": recipe.data.template,
+            "options": dict(recipe.data.template_options),
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The run report as Markdown."""
+
+    def fmt(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.4f}" if math.isfinite(value) else str(value)
+        return str(value)
+
+    ev, tr, best = report["eval"], report["train"], report["best"] or {}
+    lines = [
+        f"# Run report: {report['recipe']}",
+        "",
+        f"Status: **{report['status']}**, {report['steps']} optimizer steps"
+        + (f", resumed from `{report['resumed_from']}`" if report["resumed_from"] else "")
+        + ".",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| final train loss (last logged) | {fmt(tr['final_loss'])} |",
+        f"| mean train loss | {fmt(tr['mean_loss'])} |",
+        f"| eval loss before training (answer tokens) | {fmt(ev['loss_before'])} |",
+        f"| eval loss after training (answer tokens) | {fmt(ev['loss'])} |",
+        f"| eval perplexity = exp(eval loss) | {fmt(ev['perplexity'])} |",
+        f"| eval answer tokens | {ev['tokens']} |",
+        f"| best checkpoint | {fmt(best.get('checkpoint'))} (step {fmt(best.get('step'))}, "
+        f"eval loss {fmt(best.get('eval_loss'))}, verified: {fmt(best.get('verified'))}) |",
+    ]
+    if report["test"]:
+        lines.append(
+            f"| test loss / perplexity | {fmt(report['test']['loss'])} / {fmt(report['test']['perplexity'])} |"
+        )
+    data = report["data"]
+    lines += [
+        "",
+        f"Data: {data['rows_read']} rows read, {data['rows_kept']} kept ({data['kind']}); dropped per cleaner: "
+        + ", ".join(f"{k} {v}" for k, v in data["dropped"].items()),
+        "",
+        f"Adapter: `{report['adapter']['path']}` on {', '.join(report['adapter']['targets'])}.",
+        "",
+        "## Run card",
+        "",
+        f"- device: {report['run_card']['device']}, compute dtype {report['run_card']['compute_dtype']}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in report["run_card"]["versions"].items()),
+        f"- data hash: `{report['run_card']['data_hash'][:16]}`, template hash: "
+        f"`{report['run_card']['template_hash'][:16]}`",
+    ]
+    if report["notes"]:
+        lines += ["", "## Notes", "", *[f"- {note}" for note in report["notes"]]]
+    return "\n".join(lines) + "\n"

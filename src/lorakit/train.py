@@ -1,0 +1,426 @@
+"""Training: ``TrainingArgs`` and ``TrainerFactory`` -> a ``transformers.Trainer`` with lorakit's
+collator, a NaN/Inf watchdog, a metrics log, rich progress and a check that the best
+checkpoint is the one loaded at the end."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from lorakit.errors import ConfigError, LorakitError
+
+__all__ = [
+    "QACollator",
+    "TrainerFactory",
+    "TrainingArgs",
+    "TrainingDiverged",
+    "effective_warmup",
+    "total_steps",
+]
+
+OPTIMIZERS = (
+    "paged_adamw_8bit",
+    "adamw_8bit",
+    "paged_adamw_32bit",
+    "adamw_torch",
+    "adamw_torch_fused",
+)
+SCHEDULERS = ("cosine", "linear", "constant_with_warmup", "constant")
+
+
+class TrainingDiverged(LorakitError):
+    """The training loss became NaN or infinite."""
+
+
+@attrs.frozen(kw_only=True)
+class TrainingArgs:
+    """How to train.
+
+    Attributes:
+        epochs: passes over the training split (ignored when ``max_steps`` is set).
+        max_steps: optimizer steps to run; ``None`` runs ``epochs``.
+        batch_size: examples per micro-batch on each device.
+        grad_accum: micro-batches per optimizer step.
+        eval_batch_size: examples per evaluation batch.
+        learning_rate: peak learning rate.
+        weight_decay: decoupled weight decay.
+        max_grad_norm: gradient clipping norm.
+        optimizer: ``paged_adamw_8bit`` (bitsandbytes), ``adamw_8bit``, ``paged_adamw_32bit``,
+            ``adamw_torch`` or ``adamw_torch_fused``. Falls back to ``adamw_torch``, with a
+            warning, where bitsandbytes is missing.
+        scheduler: learning-rate schedule after warmup.
+        warmup_steps: linear warmup steps, capped to ``max_warmup_fraction`` of the run.
+        max_warmup_fraction: largest share of the run spent warming up.
+        gradient_checkpointing: recompute activations in the backward pass (non-reentrant).
+        eval_steps: evaluate every this many steps.
+        save_steps: save a checkpoint every this many steps (a multiple of ``eval_steps``
+            when ``load_best`` is on).
+        save_total_limit: checkpoints kept on disk (the best one is always kept).
+        load_best: load the checkpoint with the lowest eval loss at the end.
+        early_stopping_patience: stop after this many evaluations without improvement.
+        logging_steps: log the training loss every this many steps.
+        group_by_length: batch examples of similar length together to waste less on padding.
+        pad_to_multiple_of: pad each batch's length up to a multiple of this (fewer distinct
+            shapes for GPU kernels); ``None`` pads to the longest example only.
+        seed: seed of the run (data order, adapter initialisation, dropout).
+    """
+
+    epochs: float = attrs.field(default=1.0, converter=float, validator=attrs.validators.gt(0))
+    max_steps: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
+    )
+    batch_size: int = attrs.field(default=4, validator=attrs.validators.gt(0))
+    grad_accum: int = attrs.field(default=4, validator=attrs.validators.gt(0))
+    eval_batch_size: int = attrs.field(default=8, validator=attrs.validators.gt(0))
+    learning_rate: float = attrs.field(
+        default=2e-4, converter=float, validator=attrs.validators.gt(0)
+    )
+    weight_decay: float = attrs.field(
+        default=0.0, converter=float, validator=attrs.validators.ge(0)
+    )
+    max_grad_norm: float = attrs.field(
+        default=1.0, converter=float, validator=attrs.validators.gt(0)
+    )
+    optimizer: str = attrs.field(
+        default="paged_adamw_8bit", validator=attrs.validators.in_(OPTIMIZERS)
+    )
+    scheduler: str = attrs.field(default="cosine", validator=attrs.validators.in_(SCHEDULERS))
+    warmup_steps: int = attrs.field(default=100, validator=attrs.validators.ge(0))
+    max_warmup_fraction: float = attrs.field(
+        default=0.1, converter=float, validator=[attrs.validators.ge(0), attrs.validators.le(1)]
+    )
+    gradient_checkpointing: bool = True
+    eval_steps: int = attrs.field(default=100, validator=attrs.validators.gt(0))
+    save_steps: int = attrs.field(default=100, validator=attrs.validators.gt(0))
+    save_total_limit: int | None = 3
+    load_best: bool = True
+    early_stopping_patience: int | None = None
+    logging_steps: int = attrs.field(default=10, validator=attrs.validators.gt(0))
+    group_by_length: bool = True
+    pad_to_multiple_of: int | None = 64
+    seed: int = 42
+
+    def __attrs_post_init__(self) -> None:
+        if self.load_best and self.save_steps % self.eval_steps:
+            raise ConfigError(
+                f"save_steps ({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps}) "
+                "to keep the best checkpoint",
+                field="training.save_steps",
+                hint=f"set training.save_steps={self.eval_steps}",
+            )
+
+
+def total_steps(args: TrainingArgs, train_examples: int, world_size: int = 1) -> int:
+    """Optimizer steps the run will take."""
+    if args.max_steps is not None:
+        return args.max_steps
+    return max(
+        1,
+        math.ceil(
+            math.ceil(train_examples / (args.batch_size * world_size))
+            / args.grad_accum
+            * args.epochs
+        ),
+    )
+
+
+def effective_warmup(args: TrainingArgs, steps: int) -> int:
+    """``warmup_steps`` capped to ``max_warmup_fraction`` of the run's steps."""
+    return min(args.warmup_steps, int(args.max_warmup_fraction * steps))
+
+
+class QACollator:
+    """Pads a batch on the right: input ids with ``pad_id``, labels with -100, attention mask 0."""
+
+    def __init__(
+        self, pad_id: int, *, pad_to_multiple_of: int | None = None, max_len: int | None = None
+    ) -> None:
+        self.pad_id = pad_id
+        self.multiple = pad_to_multiple_of
+        self.max_len = max_len
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        longest = max(len(f["input_ids"]) for f in features)
+        if self.multiple:
+            longest = math.ceil(longest / self.multiple) * self.multiple
+            if self.max_len is not None:
+                longest = min(
+                    longest, max(self.max_len, max(len(f["input_ids"]) for f in features))
+                )
+        ids = torch.full((len(features), longest), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(features), longest), -100, dtype=torch.long)
+        mask = torch.zeros((len(features), longest), dtype=torch.long)
+        for i, f in enumerate(features):
+            n = len(f["input_ids"])
+            ids[i, :n] = torch.as_tensor(f["input_ids"], dtype=torch.long)
+            labels[i, :n] = torch.as_tensor(f["labels"], dtype=torch.long)
+            mask[i, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+class ExampleDataset:
+    """A map-style dataset over tokenised examples (``input_ids``, ``labels``)."""
+
+    def __init__(self, examples: Sequence[Any]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        example = self.examples[index]
+        return {"input_ids": list(example.input_ids), "labels": list(example.labels)}
+
+
+def resolve_optimizer(name: str) -> tuple[str, str | None]:
+    """The optimizer to use and a warning when it is not the one asked for."""
+    if "8bit" in name or name.startswith("paged"):
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            return (
+                "adamw_torch",
+                f"bitsandbytes is not installed: using adamw_torch instead of {name}",
+            )
+    return name, None
+
+
+@attrs.define
+class TrainerFactory:
+    """Creates the ``transformers.Trainer`` for a run.
+
+    Args:
+        args: lorakit's training arguments.
+        output_dir: where checkpoints go (``run_dir/checkpoints``).
+        compute_dtype: ``bfloat16``, ``float16`` or ``float32`` (mixed precision flags follow it).
+        callbacks: extra ``TrainerCallback`` objects (plugins, reporters).
+    """
+
+    args: TrainingArgs
+    output_dir: Path
+    compute_dtype: str = "float32"
+    callbacks: list[Any] = attrs.field(factory=list)
+    notes: list[str] = attrs.field(factory=list)
+
+    def training_arguments(self, train_examples: int) -> Any:
+        """The ``transformers.TrainingArguments`` of the run."""
+        import torch
+        from transformers import TrainingArguments
+
+        a = self.args
+        steps = total_steps(a, train_examples)
+        optimizer, warning = resolve_optimizer(a.optimizer)
+        if warning:
+            self.notes.append(warning)
+        cuda = torch.cuda.is_available()
+        return TrainingArguments(
+            output_dir=str(self.output_dir),
+            num_train_epochs=a.epochs,
+            max_steps=a.max_steps if a.max_steps is not None else -1,
+            per_device_train_batch_size=a.batch_size,
+            per_device_eval_batch_size=a.eval_batch_size,
+            gradient_accumulation_steps=a.grad_accum,
+            learning_rate=a.learning_rate,
+            weight_decay=a.weight_decay,
+            max_grad_norm=a.max_grad_norm,
+            optim=optimizer,
+            lr_scheduler_type=a.scheduler,
+            warmup_steps=effective_warmup(a, steps),
+            # Checkpointing is switched on (non-reentrant) by apply_adapter, before PEFT wraps the model.
+            gradient_checkpointing=False,
+            eval_strategy="steps",
+            eval_steps=a.eval_steps,
+            save_strategy="steps",
+            save_steps=a.save_steps,
+            save_total_limit=a.save_total_limit,
+            load_best_model_at_end=a.load_best,
+            metric_for_best_model="eval_loss",
+            greater_is_better=False,
+            logging_strategy="steps",
+            logging_steps=a.logging_steps,
+            logging_first_step=True,
+            train_sampling_strategy="group_by_length" if a.group_by_length else "random",
+            bf16=cuda and self.compute_dtype == "bfloat16",
+            fp16=cuda and self.compute_dtype == "float16",
+            use_cpu=not cuda,
+            seed=a.seed,
+            data_seed=a.seed,
+            report_to="none",
+            disable_tqdm=True,
+            remove_unused_columns=False,
+            label_names=["labels"],
+            dataloader_num_workers=0,
+            save_only_model=False,
+        )
+
+    def create(
+        self,
+        model: Any,
+        tokenizer: Any,
+        train_examples: Sequence[Any],
+        eval_examples: Sequence[Any],
+        *,
+        pad_id: int,
+        max_len: int | None = None,
+    ) -> Any:
+        """A ready ``Trainer`` over the examples, with the watchdog and callbacks attached."""
+        from transformers import EarlyStoppingCallback
+
+        if not train_examples:
+            raise ConfigError(
+                "the training split is empty",
+                field="data",
+                hint="use more data or a smaller eval/test fraction",
+            )
+        if len(train_examples) < self.args.batch_size:
+            raise ConfigError(
+                f"the training split has {len(train_examples)} examples, fewer than one batch of "
+                f"{self.args.batch_size}",
+                field="training.batch_size",
+                hint=f"set training.batch_size={len(train_examples)} or use more data",
+            )
+        if not eval_examples:
+            raise ConfigError(
+                "the evaluation split is empty; eval loss and the best checkpoint need one",
+                field="data.split.eval_fraction",
+                hint="raise data.split.eval_fraction",
+            )
+        callbacks = list(self.callbacks)
+        if self.args.early_stopping_patience:
+            callbacks.append(
+                EarlyStoppingCallback(early_stopping_patience=self.args.early_stopping_patience)
+            )
+        collator = QACollator(
+            pad_id, pad_to_multiple_of=self.args.pad_to_multiple_of, max_len=max_len
+        )
+        trainer_cls = _watchdog_trainer_class()
+        from transformers import PrinterCallback
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*gradient checkpointing.*")
+            trainer = trainer_cls(
+                model=model,
+                args=self.training_arguments(len(train_examples)),
+                train_dataset=ExampleDataset(train_examples),
+                eval_dataset=ExampleDataset(eval_examples),
+                data_collator=collator,
+                processing_class=tokenizer,
+                callbacks=callbacks,
+            )
+        # lorakit reports progress and metrics itself (rich bar, metrics.jsonl).
+        trainer.remove_callback(PrinterCallback)
+        return trainer
+
+
+def _watchdog_trainer_class() -> type:
+    import torch
+    from transformers import Trainer
+
+    class LorakitTrainer(Trainer):  # type: ignore[misc]
+        """A Trainer that stops with :class:`TrainingDiverged` on a NaN or infinite loss."""
+
+        def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            if not torch.isfinite(loss.detach()).all():
+                step = self.state.global_step + 1
+                raise TrainingDiverged(
+                    f"the training loss became {float(loss)} at step {step}",
+                    hint="lower training.learning_rate, raise training.warmup_steps, or check the data "
+                    "for empty answers; the last good checkpoint is kept",
+                )
+            return loss
+
+    return LorakitTrainer
+
+
+def metrics_callback(
+    path: Path, on_log: Callable[[dict[str, Any], int], None] | None = None
+) -> Any:
+    """A callback appending every log line (loss, eval loss, learning rate) to ``metrics.jsonl``."""
+    from transformers import TrainerCallback
+
+    class MetricsLog(TrainerCallback):  # type: ignore[misc]
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
+        ) -> None:
+            if not logs or not state.is_world_process_zero:
+                return
+            record = {"step": state.global_step, "epoch": state.epoch, **logs}
+            with path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+            if on_log is not None:
+                on_log(record, state.global_step)
+
+    return MetricsLog()
+
+
+def progress_callback(console: Any | None = None) -> Any:
+    """Rich progress bar over optimizer steps with a live loss / eval-loss line."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from transformers import TrainerCallback
+
+    class RichTraining(TrainerCallback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.progress: Progress | None = None
+            self.task: Any = None
+            self.line = ""
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if not state.is_world_process_zero:
+                return
+            self.progress = Progress(
+                TextColumn("[bold]training"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[line]}"),
+                console=console or Console(stderr=True),
+            )
+            self.progress.start()
+            self.task = self.progress.add_task(
+                "train", total=state.max_steps, completed=state.global_step, line=""
+            )
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if self.progress is not None:
+                self.progress.update(self.task, completed=state.global_step, line=self.line)
+
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
+        ) -> None:
+            if self.progress is None or not logs:
+                return
+            parts = []
+            if "loss" in logs:
+                parts.append(f"loss {logs['loss']:.4f}")
+            if "eval_loss" in logs:
+                parts.append(f"eval loss {logs['eval_loss']:.4f}")
+            if "learning_rate" in logs:
+                parts.append(f"lr {logs['learning_rate']:.2e}")
+            if parts:
+                self.line = " · ".join(parts)
+                self.progress.update(self.task, line=self.line)
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if self.progress is not None:
+                self.progress.stop()
+                self.progress = None
+
+    return RichTraining()
