@@ -93,6 +93,7 @@ def lorakit_trainer_callbacks(recipe: Recipe) -> list[Any]:
     Return a list (possibly empty); lorakit attaches every returned callback to
     the trainer, after its own.
     """
+    return []
 
 
 @hookspec

@@ -45,9 +45,8 @@ def apply_overrides(spec: T, overrides: Mapping[str, Any]) -> T:
     All changes to one spec are applied together, so settings that are checked
     against each other (``save_steps`` and ``eval_steps``) can change in one call.
     """
-    return _apply(
-        spec, {tuple(key.split(".")): (key, value) for key, value in overrides.items()}, ""
-    )
+    changes = {tuple(key.split(".")): (key, value) for key, value in overrides.items()}
+    return typing.cast(T, _apply(spec, changes, ""))
 
 
 def _apply(spec: Any, changes: Mapping[tuple[str, ...], tuple[str, Any]], prefix: str) -> Any:

@@ -70,7 +70,8 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe as JSON-able data (what ``recipe.json`` holds)."""
-        return _jsonable(attrs.asdict(self, recurse=True))
+        data: dict[str, Any] = _jsonable(attrs.asdict(self, recurse=True))
+        return data
 
     def run(
         self,

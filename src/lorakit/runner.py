@@ -8,6 +8,7 @@ import json
 import math
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -233,7 +234,7 @@ def verify_best_checkpoint(trainer: Any, model: Any) -> dict[str, Any]:
     }
 
 
-def data_hash(examples: dict[str, list[Any]]) -> str:
+def data_hash(examples: Mapping[str, list[Any]]) -> str:
     """SHA-256 over the token ids and labels of every split, in order."""
     digest = hashlib.sha256()
     for name in sorted(examples):

@@ -324,7 +324,7 @@ def _watchdog_trainer_class() -> type:
     import torch
     from transformers import Trainer
 
-    class LorakitTrainer(Trainer):  # type: ignore[misc]
+    class LorakitTrainer(Trainer):
         """A Trainer that stops with :class:`TrainingDiverged` on a NaN or infinite loss."""
 
         def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
@@ -347,7 +347,7 @@ def metrics_callback(
     """A callback appending every log line (loss, eval loss, learning rate) to ``metrics.jsonl``."""
     from transformers import TrainerCallback
 
-    class MetricsLog(TrainerCallback):  # type: ignore[misc]
+    class MetricsLog(TrainerCallback):
         def on_log(
             self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
         ) -> None:
@@ -375,7 +375,7 @@ def progress_callback(console: Any | None = None) -> Any:
     )
     from transformers import TrainerCallback
 
-    class RichTraining(TrainerCallback):  # type: ignore[misc]
+    class RichTraining(TrainerCallback):
         def __init__(self) -> None:
             self.progress: Progress | None = None
             self.task: Any = None
