@@ -115,3 +115,111 @@ def test_hook_documented_with_exact_signature(name):
     signature = f"{name}{inspect.signature(spec)}".replace("'", "")
     text = HOOKS_DOC.read_text(encoding="utf-8")
     assert signature in text, f"{HOOKS_DOC.name} lacks the signature `{signature}`"
+
+
+class Recorder:
+    """A plugin implementing every run hook, recording its calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict]] = []
+
+    @hookimpl
+    def lorakit_load_model(self, spec):
+        from lorakit.model import load_hf_model
+
+        self.calls.append(("load_model", {"spec": spec}))
+        loaded = load_hf_model(spec)
+        loaded.notes.append("loaded by the recorder plugin")
+        return loaded
+
+    @hookimpl
+    def lorakit_trainer_callbacks(self, recipe):
+        from transformers import TrainerCallback
+
+        calls = self.calls
+
+        class Steps(TrainerCallback):
+            def on_step_end(self, args, state, control, **kw):
+                calls.append(("step", {"step": state.global_step}))
+
+        self.calls.append(("trainer_callbacks", {"recipe": recipe}))
+        return [Steps()]
+
+    @hookimpl
+    def lorakit_run_start(self, recipe, run_dir):
+        self.calls.append(("run_start", {"recipe": recipe, "run_dir": run_dir, "exists": run_dir.is_dir()}))
+
+    @hookimpl
+    def lorakit_log_metrics(self, metrics, step):
+        self.calls.append(("log_metrics", {"metrics": metrics, "step": step}))
+
+    @hookimpl
+    def lorakit_run_end(self, result):
+        self.calls.append(("run_end", {"result": result}))
+
+
+@pytest.fixture(scope="module")
+def recorded_run(tmp_path_factory):
+    from lorakit.presets import medqa_phi3_tiny
+
+    recipe = medqa_phi3_tiny.with_overrides(
+        {"training.max_steps": 10, "training.eval_steps": 5, "training.save_steps": 5}
+    )
+    recorder = Recorder()
+    pm = make_plugin_manager(entry_points=False, plugins=[recorder], disabled=())
+    result = recipe.run(tmp_path_factory.mktemp("hooks") / "run", plugin_manager=pm, show_progress=False)
+    return recipe, recorder.calls, result
+
+
+def _names(calls):
+    return [name for name, _ in calls]
+
+
+def test_hook_lorakit_load_model(recorded_run):
+    recipe, calls, result = recorded_run
+    assert _names(calls).count("load_model") == 1
+    assert dict(calls)["load_model"]["spec"] == recipe.model
+    assert "loaded by the recorder plugin" in result.report["notes"]
+
+
+def test_hook_lorakit_load_model_none_passes_to_the_builtin(tiny_phi3):
+    from lorakit.model import ModelSpec, QuantizedModelBuilder, QuantSpec
+
+    class Pass:
+        @hookimpl
+        def lorakit_load_model(self, spec):
+            return None
+
+    pm = make_plugin_manager(entry_points=False, plugins=[Pass()], disabled=())
+    loaded = QuantizedModelBuilder(
+        ModelSpec(name=str(tiny_phi3), quant=QuantSpec(method="none")), plugin_manager=pm
+    ).build()
+    assert type(loaded.model).__name__ == "Phi3ForCausalLM"
+
+
+def test_hook_lorakit_trainer_callbacks(recorded_run):
+    _, calls, _ = recorded_run
+    steps = [c["step"] for name, c in calls if name == "step"]
+    assert steps == list(range(1, 11))
+
+
+def test_hook_lorakit_run_start(recorded_run):
+    recipe, calls, result = recorded_run
+    assert _names(calls)[0] == "run_start"
+    first = calls[0][1]
+    assert first["recipe"] == recipe and first["run_dir"] == result.run_dir and first["exists"]
+
+
+def test_hook_lorakit_log_metrics(recorded_run):
+    _, calls, result = recorded_run
+    logged = [c for name, c in calls if name == "log_metrics"]
+    lines = (result.run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(logged) == len(lines)
+    assert [c["step"] for c in logged if "eval_loss" in c["metrics"]] == [5, 10]
+
+
+def test_hook_lorakit_run_end(recorded_run):
+    _, calls, result = recorded_run
+    assert _names(calls)[-1] == "run_end"
+    assert calls[-1][1]["result"] is result
+    assert (result.run_dir / "report.json").is_file()

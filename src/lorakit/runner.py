@@ -75,22 +75,6 @@ def run_recipe(
     model, targets = apply_adapter(
         loaded.model, recipe.adapter, gradient_checkpointing=recipe.training.gradient_checkpointing
     )
-    collate = QACollator(pad_id)
-    eval_before_file = run_dir / "eval_before.json"
-    if eval_before_file.exists():
-        eval_before = json.loads(eval_before_file.read_text(encoding="utf-8"))
-    else:
-        with progress_for(console, show_progress) as progress:
-            before = answer_loss(
-                model,
-                eval_examples,
-                collate,
-                batch_size=recipe.training.eval_batch_size,
-                progress=progress.task("Eval loss before training", len(eval_examples)),
-            )
-        eval_before = before.to_dict()
-        write_json_atomic(eval_before_file, eval_before)
-
     def on_log(record: dict[str, Any], step: int) -> None:
         pm.hook.lorakit_log_metrics(metrics=record, step=step)
 
@@ -110,6 +94,22 @@ def run_recipe(
         pad_id=pad_id,
         max_len=recipe.data.tokenize.max_len,
     )
+    collate = QACollator(pad_id)
+    eval_before_file = run_dir / "eval_before.json"
+    if eval_before_file.exists():
+        eval_before = json.loads(eval_before_file.read_text(encoding="utf-8"))
+    else:
+        with progress_for(console, show_progress) as progress:
+            before = answer_loss(
+                model,
+                eval_examples,
+                collate,
+                batch_size=recipe.training.eval_batch_size,
+                progress=progress.task("Eval loss before training", len(eval_examples)),
+            )
+        eval_before = before.to_dict()
+        write_json_atomic(eval_before_file, eval_before)
+
     resume_from = latest_checkpoint(run_dir / "checkpoints") if resuming else None
     train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 

@@ -4,6 +4,7 @@ checkpoint is the one loaded at the end."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import warnings
@@ -221,6 +222,13 @@ class TrainerFactory:
         if warning:
             self.notes.append(warning)
         cuda = torch.cuda.is_available()
+        known = {f.name for f in dataclasses.fields(TrainingArguments)}
+        # transformers 5.2x replaced group_by_length with train_sampling_strategy.
+        sampling = (
+            {"train_sampling_strategy": "group_by_length" if a.group_by_length else "random"}
+            if "train_sampling_strategy" in known
+            else {"group_by_length": a.group_by_length}
+        )
         return TrainingArguments(
             output_dir=str(self.output_dir),
             num_train_epochs=a.epochs,
@@ -234,8 +242,6 @@ class TrainerFactory:
             optim=optimizer,
             lr_scheduler_type=a.scheduler,
             warmup_steps=effective_warmup(a, steps),
-            # Checkpointing is switched on (non-reentrant) by apply_adapter, before PEFT wraps the model.
-            gradient_checkpointing=False,
             eval_strategy="steps",
             eval_steps=a.eval_steps,
             save_strategy="steps",
@@ -247,7 +253,7 @@ class TrainerFactory:
             logging_strategy="steps",
             logging_steps=a.logging_steps,
             logging_first_step=True,
-            train_sampling_strategy="group_by_length" if a.group_by_length else "random",
+            **sampling,
             bf16=cuda and self.compute_dtype == "bfloat16",
             fp16=cuda and self.compute_dtype == "float16",
             use_cpu=not cuda,
@@ -260,6 +266,8 @@ class TrainerFactory:
             dataloader_num_workers=0,
             save_only_model=False,
         )
+
+    # Checkpointing is switched on (non-reentrant) by apply_adapter, before PEFT wraps the model.
 
     def create(
         self,
