@@ -147,7 +147,9 @@ class Recorder:
 
     @hookimpl
     def lorakit_run_start(self, recipe, run_dir):
-        self.calls.append(("run_start", {"recipe": recipe, "run_dir": run_dir, "exists": run_dir.is_dir()}))
+        self.calls.append(
+            ("run_start", {"recipe": recipe, "run_dir": run_dir, "exists": run_dir.is_dir()})
+        )
 
     @hookimpl
     def lorakit_log_metrics(self, metrics, step):
@@ -167,7 +169,9 @@ def recorded_run(tmp_path_factory):
     )
     recorder = Recorder()
     pm = make_plugin_manager(entry_points=False, plugins=[recorder], disabled=())
-    result = recipe.run(tmp_path_factory.mktemp("hooks") / "run", plugin_manager=pm, show_progress=False)
+    result = recipe.run(
+        tmp_path_factory.mktemp("hooks") / "run", plugin_manager=pm, show_progress=False
+    )
     return recipe, recorder.calls, result
 
 

@@ -331,7 +331,9 @@ def test_resolve_targets_on_llama(tiny_llama):
     assert "lm_head" not in resolve_targets(tiny_llama, ["all-linear"])
 
 
-@pytest.mark.parametrize(("name", "suggestion"), [("qkv_prj", "qkv_proj"), ("atention", "attention")])
+@pytest.mark.parametrize(
+    ("name", "suggestion"), [("qkv_prj", "qkv_proj"), ("atention", "attention")]
+)
 def test_unknown_target_suggests_the_nearest_name(loaded: LoadedModel, name, suggestion):
     with pytest.raises(ConfigError, match=f"did you mean '{suggestion}'") as info:
         resolve_targets(loaded.model, [name])

@@ -50,7 +50,9 @@ def test_training_lowers_answer_only_eval_loss(finished_run):
     assert report["status"] == "complete"
     assert report["steps"] == 40
     assert report["eval"]["loss"] < report["eval"]["loss_before"] - 0.1
-    assert report["eval"]["perplexity"] == pytest.approx(2.718281828 ** report["eval"]["loss"], rel=1e-6)
+    assert report["eval"]["perplexity"] == pytest.approx(
+        2.718281828 ** report["eval"]["loss"], rel=1e-6
+    )
     assert report["train"]["final_loss"] is not None
     assert report["data"]["rows_read"] == 240
     assert report["adapter"]["targets"] == ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
@@ -63,13 +65,17 @@ def test_best_checkpoint_is_the_one_loaded(finished_run):
     from safetensors.torch import load_file
 
     _, result = finished_run
-    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
     evals = {r["step"]: r["eval_loss"] for r in records if "eval_loss" in r}
     assert sorted(evals) == [10, 20, 30, 40]
     best_step = min(evals, key=evals.get)
     assert result.report["best"]["step"] == best_step
     assert result.report["best"]["verified"] is True
-    best = load_file(result.run_dir / "checkpoints" / f"checkpoint-{best_step}" / "adapter_model.safetensors")
+    best = load_file(
+        result.run_dir / "checkpoints" / f"checkpoint-{best_step}" / "adapter_model.safetensors"
+    )
     final = load_file(result.adapter_dir / "adapter_model.safetensors")
     assert best.keys() == final.keys()
     for key in best:
@@ -93,7 +99,10 @@ def test_adapter_reloads_and_reproduces_logits(finished_run):
     with torch.no_grad():
         got = reloaded(**batch).logits
     assert torch.allclose(got, expected, atol=1e-5, rtol=0)
-    assert not torch.allclose(base.get_base_model()(**batch).logits if hasattr(base, "get_base_model") else got, expected + 1)
+    assert not torch.allclose(
+        base.get_base_model()(**batch).logits if hasattr(base, "get_base_model") else got,
+        expected + 1,
+    )
 
 
 def test_finished_run_directory_is_never_overwritten(finished_run):
@@ -131,8 +140,12 @@ KILL_SCRIPT = textwrap.dedent(
 
 def test_killed_run_resumes_from_its_last_checkpoint(shared_data, tmp_path):
     run_dir = tmp_path / "killed"
-    script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), shared=str(shared_data), run_dir=str(run_dir))
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=os.environ.copy())
+    script = KILL_SCRIPT.format(
+        tests=str(Path(__file__).parent), shared=str(shared_data), run_dir=str(run_dir)
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=os.environ.copy()
+    )
     assert done.returncode == -9, done.stderr[-3000:]
     assert (run_dir / "checkpoints" / "checkpoint-10").is_dir()
     assert not (run_dir / "report.json").exists()
@@ -141,7 +154,9 @@ def test_killed_run_resumes_from_its_last_checkpoint(shared_data, tmp_path):
     result = medquad_recipe(shared_data).run(run_dir, show_progress=False)
     assert result.report["resumed_from"] == "checkpoint-10"
     assert result.report["steps"] == 40
-    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
     after_resume = steps[steps.index(10, steps.index(10) + 1) :] if steps.count(10) > 1 else steps
     assert max(steps) == 40 and min(after_resume) >= 10
     assert "resumed from `checkpoint-10`" in (run_dir / "report.md").read_text()
@@ -195,14 +210,27 @@ def test_cli_train_tiny_preset(tmp_path):
     run_dir = tmp_path / "cli"
     result = CliRunner(env={"COLUMNS": "200"}).invoke(
         main,
-        ["train", "medqa_phi3_tiny", "--run-dir", str(run_dir), "--no-progress",
-         "--set", "training.max_steps=20", "--set", "training.eval_steps=10", "--set", "training.save_steps=10"],
+        [
+            "train",
+            "medqa_phi3_tiny",
+            "--run-dir",
+            str(run_dir),
+            "--no-progress",
+            "--set",
+            "training.max_steps=20",
+            "--set",
+            "training.eval_steps=10",
+            "--set",
+            "training.save_steps=10",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "done 20 steps" in result.output
     report = json.loads((run_dir / "report.json").read_text())
     assert report["data"]["rows_read"] == 98
-    bad = CliRunner(env={"COLUMNS": "200"}).invoke(main, ["train", "medqa_phi3_tiny", "--set", "adapter.rnk=8"])
+    bad = CliRunner(env={"COLUMNS": "200"}).invoke(
+        main, ["train", "medqa_phi3_tiny", "--set", "adapter.rnk=8"]
+    )
     assert bad.exit_code == 2 and "did you mean 'adapter.rank'" in bad.output
     unknown = CliRunner(env={"COLUMNS": "200"}).invoke(main, ["train", "medqa_phi3_tny"])
     assert unknown.exit_code == 2 and "did you mean 'medqa_phi3_tiny'" in unknown.output

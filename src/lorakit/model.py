@@ -32,6 +32,7 @@ TINY_PHI3 = "tiny-phi3"
 
 QuantMethod = Literal["nf4", "fp4", "none"]
 DtypeName = Literal["auto", "bfloat16", "float16", "float32"]
+AttnImplementation = Literal["sdpa", "eager", "flash_attention_2", "flex_attention"]
 
 
 @attrs.frozen(kw_only=True)
@@ -72,7 +73,7 @@ class ModelSpec:
     name: str
     revision: str | None = None
     quant: QuantSpec = attrs.field(factory=QuantSpec)
-    attn_implementation: str = attrs.field(
+    attn_implementation: AttnImplementation = attrs.field(
         default="sdpa",
         validator=attrs.validators.in_(("sdpa", "eager", "flash_attention_2", "flex_attention")),
     )
@@ -133,6 +134,8 @@ class QuantizedModelBuilder:
         if self.plugin_manager is not None:
             loaded = self.plugin_manager.hook.lorakit_load_model(spec=self.spec)
             if loaded is not None:
+                # Whichever loader ran: a plugin's 4-bit layers must be training-safe too.
+                disable_cpu_inference_path(loaded.model)
                 return loaded  # type: ignore[no-any-return]
         return load_hf_model(self.spec)
 

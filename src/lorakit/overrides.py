@@ -81,13 +81,40 @@ def _apply(spec: Any, changes: Mapping[tuple[str, ...], tuple[str, Any]], prefix
         direct[name] = _apply(getattr(spec, name), sub, f"{prefix}{name}.")
     try:
         return attrs.evolve(spec, **direct)
+    except ConfigError as exc:
+        # A nested spec's own validator names its field without the dotted prefix.
+        full = [key for key, _ in changes.values() if exc.field and key.endswith(exc.field)]
+        if not full or exc.field == full[0]:
+            raise
+        raise ConfigError(exc.message, field=full[0], hint=exc.hint) from exc
     except (ValueError, TypeError) as exc:
         keys = ", ".join(key for key, _ in changes.values())
-        raise ConfigError(f"bad value for {keys}: {exc}", field=keys) from exc
+        detail = exc.args[0] if exc.args else exc  # attrs validators add the Attribute to args
+        raise ConfigError(f"bad value for {keys}: {detail}", field=keys) from exc
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    """Whether a non-string value fits the field's annotation (checked where attrs does not)."""
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return True  # str, Literal, tuples, mappings, specs: left to the field's converter/validator
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if not isinstance(value, str):
+        if not _type_ok(value, annotation):
+            raise ConfigError(
+                f"expected {getattr(annotation, '__name__', annotation)}, got {value!r}", field=key
+            )
         return value
     origin = get_origin(annotation)
     args = get_args(annotation)

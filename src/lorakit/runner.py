@@ -75,6 +75,7 @@ def run_recipe(
     model, targets = apply_adapter(
         loaded.model, recipe.adapter, gradient_checkpointing=recipe.training.gradient_checkpointing
     )
+
     def on_log(record: dict[str, Any], step: int) -> None:
         pm.hook.lorakit_log_metrics(metrics=record, step=step)
 

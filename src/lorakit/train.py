@@ -10,7 +10,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import attrs
 
@@ -25,14 +25,12 @@ __all__ = [
     "total_steps",
 ]
 
-OPTIMIZERS = (
-    "paged_adamw_8bit",
-    "adamw_8bit",
-    "paged_adamw_32bit",
-    "adamw_torch",
-    "adamw_torch_fused",
-)
-SCHEDULERS = ("cosine", "linear", "constant_with_warmup", "constant")
+Optimizer = Literal[
+    "paged_adamw_8bit", "adamw_8bit", "paged_adamw_32bit", "adamw_torch", "adamw_torch_fused"
+]
+Scheduler = Literal["cosine", "linear", "constant_with_warmup", "constant"]
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
 
 
 class TrainingDiverged(LorakitError):
@@ -88,10 +86,10 @@ class TrainingArgs:
     max_grad_norm: float = attrs.field(
         default=1.0, converter=float, validator=attrs.validators.gt(0)
     )
-    optimizer: str = attrs.field(
+    optimizer: Optimizer = attrs.field(
         default="paged_adamw_8bit", validator=attrs.validators.in_(OPTIMIZERS)
     )
-    scheduler: str = attrs.field(default="cosine", validator=attrs.validators.in_(SCHEDULERS))
+    scheduler: Scheduler = attrs.field(default="cosine", validator=attrs.validators.in_(SCHEDULERS))
     warmup_steps: int = attrs.field(default=100, validator=attrs.validators.ge(0))
     max_warmup_fraction: float = attrs.field(
         default=0.1, converter=float, validator=[attrs.validators.ge(0), attrs.validators.le(1)]
@@ -121,14 +119,10 @@ def total_steps(args: TrainingArgs, train_examples: int, world_size: int = 1) ->
     """Optimizer steps the run will take."""
     if args.max_steps is not None:
         return args.max_steps
-    return max(
-        1,
-        math.ceil(
-            math.ceil(train_examples / (args.batch_size * world_size))
-            / args.grad_accum
-            * args.epochs
-        ),
-    )
+    # As the transformers Trainer counts: optimizer steps per epoch rounded up, times epochs.
+    batches = math.ceil(train_examples / (args.batch_size * world_size))
+    per_epoch = max(1, math.ceil(batches / args.grad_accum))
+    return max(1, math.ceil(args.epochs * per_epoch))
 
 
 def effective_warmup(args: TrainingArgs, steps: int) -> int:

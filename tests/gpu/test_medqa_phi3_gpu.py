@@ -101,7 +101,9 @@ def test_medqa_phi3_preset_in_4bit(full_phi3, tmp_path, batch_size, grad_accum):
     result = recipe.run(tmp_path / "run", show_progress=False)
     peak = torch.cuda.max_memory_allocated() / GIB
     reserved = torch.cuda.max_memory_reserved() / GIB
-    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
     summary = next(r for r in records if "train_runtime" in r)
     data = json.loads((result.run_dir / "data_report.json").read_text())
     lengths = data["tokenization"]["train"]["length"]
