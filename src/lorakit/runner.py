@@ -66,6 +66,20 @@ def run_recipe(
     with progress_for(console, show_progress) as progress:
         data = prepare_data(recipe.data, tokenizer, registries=registries, progress=progress)
     write_json_atomic(run_dir / "data_report.json", data.report.to_dict())
+    data_notes = []
+    if data.report.zero_supervised:
+        data_notes.append(
+            f"{data.report.zero_supervised} examples dropped: the prompt alone fills "
+            f"data.tokenize.max_len={recipe.data.tokenize.max_len} (see data_report.json)"
+        )
+    truncated = sum(r.truncated for r in data.report.tokenization.values())
+    if truncated:
+        data_notes.append(
+            f"{truncated} answers truncated at data.tokenize.max_len={recipe.data.tokenize.max_len}; "
+            "their end token is not trained"
+        )
+    for note in data_notes:
+        console.print(f"[yellow]note:[/] {note}")
     train_examples, eval_examples = data.examples["train"], data.examples["eval"]
     pad_id = tokenizer.pad_token_id
     for config in (loaded.model.config, getattr(loaded.model, "generation_config", None)):
@@ -172,7 +186,7 @@ def run_recipe(
             k: data.report.to_dict()[k]
             for k in ("rows_read", "rows_kept", "kind", "dropped", "split")
         },
-        "notes": [*loaded.notes, *factory.notes],
+        "notes": [*loaded.notes, *data_notes, *factory.notes],
         "run_card": {
             "versions": versions(),
             "device": loaded.device,
