@@ -109,6 +109,7 @@ def test_total_steps_agree_with_the_trainer(tiny_phi3: Path, tmp_path: Path, epo
         eval_steps=1000,
         save_steps=1000,
         group_by_length=False,
+        packing=False,
     )
     assert total_steps(args, n) == _trainer_max_steps(model, args, n, tmp_path)
 
@@ -206,7 +207,7 @@ def test_trainer_factory_notes_the_fallback(monkeypatch, tmp_path: Path):
     ],
 )
 def test_trainer_factory_rejects_unusable_splits(tmp_path: Path, train, eval_, field, message):
-    factory = TrainerFactory(TrainingArgs(batch_size=4), tmp_path)
+    factory = TrainerFactory(TrainingArgs(batch_size=4, packing=False), tmp_path)
     with pytest.raises(ConfigError, match=message) as info:
         factory.create(object(), None, train, eval_, pad_id=0)
     assert info.value.field == field

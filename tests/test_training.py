@@ -197,7 +197,9 @@ def test_nan_loss_stops_the_run_with_a_clear_error(shared_data, tmp_path):
 
 
 def test_dataset_smaller_than_one_batch_is_a_clear_error(shared_data, tmp_path):
-    recipe = medquad_recipe(shared_data, **{"data.limit": 6, "training.batch_size": 8})
+    recipe = medquad_recipe(
+        shared_data, **{"data.limit": 6, "training.batch_size": 8, "training.packing": False}
+    )
     with pytest.raises(ConfigError, match="fewer than one batch"):
         recipe.run(tmp_path / "small", show_progress=False)
 

@@ -64,9 +64,21 @@ class TrainingArgs:
         load_best: load the checkpoint with the lowest eval loss at the end.
         early_stopping_patience: stop after this many evaluations without improvement.
         logging_steps: log the training loss every this many steps.
-        group_by_length: batch examples of similar length together to waste less on padding.
+        group_by_length: without packing, batch examples of similar length together to waste
+            less on padding.
         pad_to_multiple_of: pad each batch's length up to a multiple of this (fewer distinct
             shapes for GPU kernels); ``None`` pads to the longest example only.
+        packing: padding-free packing: each micro-batch is one row of several whole examples
+            (up to ``tokens_per_batch`` tokens), attention kept within each example.
+        tokens_per_batch: tokens per packed micro-batch; default ``batch_size`` x ``max_len``,
+            the most a padded batch of the same size could hold.
+        checkpoint_every: with gradient checkpointing, recompute every n-th layer only
+            (1 = every layer, the least memory; 2 = selective, half the recomputation).
+        liger: fused Liger kernels (RoPE, RMSNorm, SwiGLU, fused linear cross-entropy):
+            ``auto`` applies them when ``lorakit[fast]`` is installed, a CUDA GPU is present
+            and the architecture is supported; ``on`` fails when they cannot be applied.
+        max_memory_gb: a GPU memory budget; lorakit then picks checkpointing (none, selective,
+            full) and the packed micro-batch size that fit it, by measuring one step of each.
         seed: seed of the run (data order, adapter initialisation, dropout).
     """
 
@@ -103,6 +115,15 @@ class TrainingArgs:
     logging_steps: int = attrs.field(default=10, validator=attrs.validators.gt(0))
     group_by_length: bool = True
     pad_to_multiple_of: int | None = 64
+    packing: bool = True
+    tokens_per_batch: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
+    )
+    checkpoint_every: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+    liger: Literal["auto", "on", "off"] = "auto"
+    max_memory_gb: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
+    )
     seed: int = 42
 
     def __attrs_post_init__(self) -> None:
@@ -131,7 +152,11 @@ def effective_warmup(args: TrainingArgs, steps: int) -> int:
 
 
 class QACollator:
-    """Pads a batch on the right: input ids with ``pad_id``, labels with -100, attention mask 0."""
+    """Pads a batch on the right: input ids with ``pad_id``, labels with -100, attention mask 0.
+
+    Packed rows (features with ``position_ids``) get no attention mask: their padding is
+    one more segment whose positions restart at 0, so no real token attends to it.
+    """
 
     def __init__(
         self, pad_id: int, *, pad_to_multiple_of: int | None = None, max_len: int | None = None
@@ -150,14 +175,25 @@ class QACollator:
                 longest = min(
                     longest, max(self.max_len, max(len(f["input_ids"]) for f in features))
                 )
+        packed = "position_ids" in features[0]
+        if packed:
+            longest = max(len(f["input_ids"]) for f in features)
+            if self.multiple:
+                longest = math.ceil(longest / self.multiple) * self.multiple
         ids = torch.full((len(features), longest), self.pad_id, dtype=torch.long)
         labels = torch.full((len(features), longest), -100, dtype=torch.long)
         mask = torch.zeros((len(features), longest), dtype=torch.long)
+        positions = torch.zeros((len(features), longest), dtype=torch.long)
         for i, f in enumerate(features):
             n = len(f["input_ids"])
             ids[i, :n] = torch.as_tensor(f["input_ids"], dtype=torch.long)
             labels[i, :n] = torch.as_tensor(f["labels"], dtype=torch.long)
             mask[i, :n] = 1
+            if packed:
+                positions[i, :n] = torch.as_tensor(f["position_ids"], dtype=torch.long)
+                positions[i, n:] = torch.arange(longest - n)
+        if packed:
+            return {"input_ids": ids, "labels": labels, "position_ids": positions}
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
@@ -173,6 +209,24 @@ class ExampleDataset:
     def __getitem__(self, index: int) -> dict[str, list[int]]:
         example = self.examples[index]
         return {"input_ids": list(example.input_ids), "labels": list(example.labels)}
+
+
+class PackedDataset:
+    """Examples packed into rows of at most ``capacity`` tokens (see :mod:`lorakit.data.packing`)."""
+
+    def __init__(self, examples: Sequence[Any], capacity: int, *, seed: int = 0) -> None:
+        from lorakit.data.packing import pack_examples
+
+        self.examples = examples
+        self.rows = pack_examples([len(e.input_ids) for e in examples], capacity, seed=seed)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        from lorakit.data.packing import packed_row
+
+        return packed_row([self.examples[i] for i in self.rows[index]])
 
 
 def resolve_optimizer(name: str) -> tuple[str, str | None]:
@@ -205,13 +259,16 @@ class TrainerFactory:
     callbacks: list[Any] = attrs.field(factory=list)
     notes: list[str] = attrs.field(factory=list)
 
-    def training_arguments(self, train_examples: int) -> Any:
-        """The ``transformers.TrainingArguments`` of the run."""
+    def training_arguments(self, train_items: int, *, packed: bool = False) -> Any:
+        """The ``transformers.TrainingArguments`` of the run.
+
+        ``train_items`` counts examples, or packed rows when ``packed`` (one row per micro-batch).
+        """
         import torch
         from transformers import TrainingArguments
 
-        a = self.args
-        steps = total_steps(a, train_examples)
+        a = attrs.evolve(self.args, batch_size=1) if packed else self.args
+        steps = total_steps(a, train_items)
         optimizer, warning = resolve_optimizer(a.optimizer)
         if warning:
             self.notes.append(warning)
@@ -219,9 +276,9 @@ class TrainerFactory:
         known = {f.name for f in dataclasses.fields(TrainingArguments)}
         # transformers 5.2x replaced group_by_length with train_sampling_strategy.
         sampling = (
-            {"train_sampling_strategy": "group_by_length" if a.group_by_length else "random"}
+            {"train_sampling_strategy": "group_by_length" if a.group_by_length and not packed else "random"}
             if "train_sampling_strategy" in known
-            else {"group_by_length": a.group_by_length}
+            else {"group_by_length": a.group_by_length and not packed}
         )
         return TrainingArguments(
             output_dir=str(self.output_dir),
@@ -282,7 +339,7 @@ class TrainerFactory:
                 field="data",
                 hint="use more data or a smaller eval/test fraction",
             )
-        if len(train_examples) < self.args.batch_size:
+        if not self.args.packing and len(train_examples) < self.args.batch_size:
             raise ConfigError(
                 f"the training split has {len(train_examples)} examples, fewer than one batch of "
                 f"{self.args.batch_size}",
@@ -300,6 +357,16 @@ class TrainerFactory:
             callbacks.append(
                 EarlyStoppingCallback(early_stopping_patience=self.args.early_stopping_patience)
             )
+        if self.args.packing:
+            # Packed rows are only kept apart when the model runs without a cache: transformers
+            # then builds a block-diagonal mask from the restarting position ids.
+            model.config.use_cache = False
+            if max_len is None and self.args.tokens_per_batch is None:
+                raise ConfigError("packing needs max_len or training.tokens_per_batch")
+            capacity = self.args.tokens_per_batch or self.args.batch_size * int(max_len or 0)
+            train_dataset: Any = PackedDataset(train_examples, capacity, seed=self.args.seed)
+        else:
+            train_dataset = ExampleDataset(train_examples)
         collator = QACollator(
             pad_id, pad_to_multiple_of=self.args.pad_to_multiple_of, max_len=max_len
         )
@@ -310,8 +377,8 @@ class TrainerFactory:
             warnings.filterwarnings("ignore", message=".*gradient checkpointing.*")
             trainer = trainer_cls(
                 model=model,
-                args=self.training_arguments(len(train_examples)),
-                train_dataset=ExampleDataset(train_examples),
+                args=self.training_arguments(len(train_dataset), packed=self.args.packing),
+                train_dataset=train_dataset,
                 eval_dataset=ExampleDataset(eval_examples),
                 data_collator=collator,
                 processing_class=tokenizer,

@@ -1,0 +1,205 @@
+"""Greedy answer generation for free-text evaluation: batched, left-padded, stopped at end tokens.
+
+::
+
+    from lorakit.evaluate.generate import generate_answers
+    from lorakit.evaluate.text import score_free_text, token_f1
+
+    generations = generate_answers(model, tokenizer, rows, template, max_new_tokens=256)
+    report = score_free_text(
+        [g.text for g in generations],
+        [row.answer for row in rows],
+        {"token_f1": token_f1},
+        truncated=[g.truncated for g in generations],
+    )
+
+Each prompt is exactly the prompt training conditions on: the template's messages rendered by the
+tokenizer's chat template with the generation prompt (``<|assistant|>\\n`` for Phi-3), tokenised
+as :func:`~lorakit.data.tokenize.tokenize_rows` tokenises it. Prompts are sorted by length and
+generated in batches, padded on the left with an attention mask, so the last position of every
+prompt is the last column of the batch; the outputs equal those of one-by-one generation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from lorakit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lorakit.data.rows import QARow
+    from lorakit.protocols import Template
+
+__all__ = ["Generation", "generate_answers", "prompt_token_ids"]
+
+
+@attrs.frozen
+class Generation:
+    """One generated answer.
+
+    Attributes:
+        text: the new tokens decoded without special tokens, up to (not including) the first
+            stop token; surrounding whitespace is removed.
+        truncated: generation hit ``max_new_tokens`` before any stop token, so the answer may
+            be cut off (the ``"answer truncated"`` error of
+            :func:`~lorakit.evaluate.text.classify_free_text`).
+        origin: the row's ``origin`` (``file:line``).
+        new_tokens: how many tokens the answer has (the stop token not counted).
+    """
+
+    text: str
+    truncated: bool
+    origin: str = ""
+    new_tokens: int = 0
+
+
+def _model_stop_ids(model: Any) -> list[int]:
+    config = getattr(model, "generation_config", None)
+    value = getattr(config, "eos_token_id", None)
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return [int(v) for v in values if isinstance(v, int) and not isinstance(v, bool)]
+
+
+def prompt_token_ids(rows: Sequence[QARow], tokenizer: Any, template: Template) -> list[list[int]]:
+    """The prompt ids of each row, with the generation prompt, as training tokenises them.
+
+    Raises:
+        ConfigError: the tokenizer has no chat template.
+    """
+    from lorakit.data.tokenize import _ChatFormat, _ids, _render
+
+    if not rows:
+        return []
+    fmt = _ChatFormat.probe(tokenizer)
+    messages = [[dict(m) for m in template.prompt(row)] for row in rows]
+    texts = _render(tokenizer, messages, generation_prompt=True)
+    return [
+        fmt.prefix_for(text) + ids for text, ids in zip(texts, _ids(tokenizer, texts), strict=True)
+    ]
+
+
+def generate_answers(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[QARow],
+    template: Template,
+    *,
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    progress: Callable[[int], None] | None = None,
+) -> list[Generation]:
+    """Generate an answer to each row greedily, in batches, and say which hit the token limit.
+
+    Decoding is greedy (no sampling, one beam), so the same model and rows give the same
+    answers, whatever the batch size. Generation of a row stops at its first stop token
+    (:func:`~lorakit.data.tokenize.stop_token_ids` of the tokenizer plus the model's
+    ``generation_config.eos_token_id``) or after ``max_new_tokens`` tokens.
+
+    The model is put in eval mode for the call and its mode restored afterwards. On a CPU, a
+    bitsandbytes 4-bit model is kept off its inference-only path
+    (:func:`~lorakit.model.disable_cpu_inference_path`), as the model builder leaves it, so
+    evaluating in the middle of training does not break later LoRA gradients.
+
+    Args:
+        model: a causal LM (``transformers``, optionally PEFT-wrapped).
+        tokenizer: its tokenizer, with a chat template; it is not changed.
+        rows: the rows to answer, free text or multiple choice.
+        template: renders a row into prompt messages (``registries.templates.resolve("qa")()``).
+        max_new_tokens: the most tokens an answer may have.
+        batch_size: prompts generated together.
+        progress: called with the number of rows done after each batch.
+
+    Returns:
+        One :class:`Generation` per row, in row order.
+
+    Raises:
+        ConfigError: a bad ``max_new_tokens`` or ``batch_size``; a prompt plus
+            ``max_new_tokens`` longer than the model's context (names the row).
+    """
+    for name, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(
+                f"{name} must be a whole number of at least 1, got {value!r}", field=name
+            )
+    if not rows:
+        return []
+    import torch
+
+    from lorakit.data.tokenize import stop_token_ids
+    from lorakit.model import disable_cpu_inference_path
+
+    prompts = prompt_token_ids(rows, tokenizer, template)
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(context, int):
+        for row, ids in zip(rows, prompts, strict=True):
+            if len(ids) + max_new_tokens > context:
+                raise ConfigError(
+                    f"the prompt has {len(ids)} tokens; with max_new_tokens={max_new_tokens} it "
+                    f"exceeds the model's context of {context} tokens",
+                    file=row.origin or None,
+                    hint="lower max_new_tokens or shorten the prompt (context, options)",
+                )
+    stops = sorted(stop_token_ids(tokenizer, extra=_model_stop_ids(model)))
+    pad = getattr(tokenizer, "pad_token_id", None)
+    pad_id = int(pad) if pad is not None else stops[0]
+    device = next(model.parameters()).device
+
+    disable_cpu_inference_path(model)  # never let an eval forward switch 4-bit layers for good
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(rows)), key=lambda i: len(prompts[i]))
+    results: list[Generation | None] = [None] * len(rows)
+    stop_set = set(stops)
+    try:
+        with torch.no_grad():
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                width = max(len(prompts[i]) for i in chunk)
+                input_ids = torch.tensor(
+                    [[pad_id] * (width - len(prompts[i])) + prompts[i] for i in chunk],
+                    device=device,
+                )
+                attention_mask = torch.tensor(
+                    [[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in chunk],
+                    device=device,
+                )
+                output = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    do_sample=False,
+                    num_beams=1,
+                    max_new_tokens=max_new_tokens,
+                    eos_token_id=stops,
+                    pad_token_id=pad_id,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                )
+                for row_index, new in zip(chunk, output[:, width:].tolist(), strict=True):
+                    results[row_index] = _finish(
+                        new, stop_set, tokenizer, rows[row_index].origin, max_new_tokens
+                    )
+                if progress is not None:
+                    progress(len(chunk))
+    finally:
+        if was_training:
+            model.train()
+    return [g for g in results if g is not None]
+
+
+def _finish(
+    new: list[int], stops: set[int], tokenizer: Any, origin: str, max_new_tokens: int
+) -> Generation:
+    """Cut the new tokens at the first stop token and decode them."""
+    end = next((i for i, token in enumerate(new) if token in stops), None)
+    answer = new if end is None else new[:end]
+    text = tokenizer.decode(answer, skip_special_tokens=True)
+    return Generation(
+        text=text.strip(),
+        truncated=end is None and len(new) >= max_new_tokens,
+        origin=origin,
+        new_tokens=len(answer),
+    )
