@@ -24,7 +24,8 @@ OFFLINE = {
 def tests(session: nox.Session) -> None:
     """Unit and CPU end-to-end tests (real data from ../shared/data when present)."""
     session.install(TORCH)
-    session.install("-e", ".[test]")
+    # The lm-evaluation-harness agreement test and the embedding metric run in CI too.
+    session.install("-e", ".[test,agreement,embeddings]")
     session.run("pytest", *session.posargs, env=OFFLINE)
 
 

@@ -11,9 +11,15 @@ from lorakit.data.tokenize import TokenizeSpec, ensure_pad_token, tokenize_rows
 from lorakit.train import QACollator
 
 ROWS = [
-    QARow(question="What is a fever?", answer="A body temperature above the normal range.", origin="r1"),
+    QARow(
+        question="What is a fever?",
+        answer="A body temperature above the normal range.",
+        origin="r1",
+    ),
     QARow(question="How is anemia found?", answer="A blood test counts red cells.", origin="r2"),
-    QARow(question="Why wash hands?", answer="It removes germs that spread infections.", origin="r3"),
+    QARow(
+        question="Why wash hands?", answer="It removes germs that spread infections.", origin="r3"
+    ),
 ]
 
 
@@ -46,7 +52,11 @@ def test_packed_row_keeps_labels_and_restarts_positions(model_and_examples):
     assert row["labels"] == [label for e in examples for label in e.labels]
     assert row["input_ids"] == [t for e in examples for t in e.input_ids]
     starts = [i for i, p in enumerate(row["position_ids"]) if p == 0]
-    assert starts == [0, len(examples[0].input_ids), len(examples[0].input_ids) + len(examples[1].input_ids)]
+    assert starts == [
+        0,
+        len(examples[0].input_ids),
+        len(examples[0].input_ids) + len(examples[1].input_ids),
+    ]
 
 
 def test_packed_loss_equals_token_weighted_mean_of_single_losses(model_and_examples):
@@ -95,7 +105,9 @@ def test_no_token_attends_across_an_example_boundary(model_and_examples):
     assert not torch.allclose(plain, logits_of_second(changed_first, packed=False), atol=1e-3)
     # And the packed logits of the second example equal its logits alone.
     with torch.no_grad():
-        alone = model(**collate([{"input_ids": second.input_ids, "labels": second.labels}])).logits[0]
+        alone = model(**collate([{"input_ids": second.input_ids, "labels": second.labels}])).logits[
+            0
+        ]
     assert torch.allclose(same, alone, atol=1e-4)
 
 

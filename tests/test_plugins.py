@@ -146,7 +146,9 @@ def test_cli_plugins_lists_plugins_and_what_they_register(installed_example, mon
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert {p["name"] for p in data["plugins"]} >= {*DEFAULT_PLUGINS, "medqa_example"}
-    assert data["registered"]["metrics"] == {"keyword_recall": "medqa_example"}
+    assert data["registered"]["metrics"]["keyword_recall"] == "medqa_example"
+    assert data["registered"]["metrics"]["mcq_accuracy"] == "lorakit.evaluate.plugin"
+    assert data["registered"]["metrics"]["token_f1"] == "lorakit.evaluate.text_plugin"
     table = CliRunner(env={"COLUMNS": "200"}).invoke(main, ["plugins"])
     assert table.exit_code == 0
     assert "medqa_example" in table.output and "cleaner scrub_contacts" in table.output

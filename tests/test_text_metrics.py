@@ -72,7 +72,23 @@ def dp_lcs(a: list[str], b: list[str]) -> int:
     return previous[-1]
 
 
-WORDS = "fever insulin dose mg daily blood the a an pressure kidney, 2.5 25 Asthma! (rare)".split()
+WORDS = [
+    "fever",
+    "insulin",
+    "dose",
+    "mg",
+    "daily",
+    "blood",
+    "the",
+    "a",
+    "an",
+    "pressure",
+    "kidney,",
+    "2.5",
+    "25",
+    "Asthma!",
+    "(rare)",
+]
 
 
 def random_text(rng: random.Random, n: int, vocab: list[str] = WORDS) -> str:
@@ -117,7 +133,11 @@ def test_normalization_is_squads_except_for_decimal_points():
     [
         ("Insulin lowers blood sugar.", "Insulin lowers the blood glucose.", 3 / 4),
         # 2 of 3 predicted tokens are in the reference, 2 of 6 reference tokens predicted
-        ("fever and cough", "fever, cough, chills, rash, headache, fatigue", 2 * (2 / 3) * (2 / 6) / (2 / 3 + 2 / 6)),
+        (
+            "fever and cough",
+            "fever, cough, chills, rash, headache, fatigue",
+            2 * (2 / 3) * (2 / 6) / (2 / 3 + 2 / 6),
+        ),
         # repeated tokens count as often as they occur in both (min of the counts)
         ("dose dose dose", "dose", 2 * (1 / 3) * 1 / (1 / 3 + 1)),
         ("The flu.", "flu", 1.0),
@@ -136,7 +156,10 @@ def test_token_f1_equals_squad_f1_without_decimals():
     rng = random.Random(1)
     vocab = [w for w in WORDS if w != "2.5"]
     for _ in range(500):
-        p, r = random_text(rng, rng.randint(0, 12), vocab), random_text(rng, rng.randint(0, 12), vocab)
+        p, r = (
+            random_text(rng, rng.randint(0, 12), vocab),
+            random_text(rng, rng.randint(0, 12), vocab),
+        )
         assert token_f1(p, r) == pytest.approx(squad_f1(p, r)), (p, r)
 
 
@@ -261,7 +284,7 @@ def test_classify_free_text(prediction, expected):
 
 def test_truncation_is_reported_after_empty_and_refusal():
     long_answer = "Metformin is first-line. " * 40
-    assert classify_free_text(long_answer, REFERENCE, max_new_tokens_hit=True) == "answer truncated"
+    assert classify_free_text(long_answer, REFERENCE, max_new_tokens_hit=True) == "answer_truncated"
     assert classify_free_text("", REFERENCE, max_new_tokens_hit=True) == "empty"
     assert classify_free_text("I cannot say.", REFERENCE, max_new_tokens_hit=True) == "refusal"
 
@@ -303,7 +326,7 @@ def test_score_free_text_summary():
         truncated=TRUNCATED,
     )
     assert report["n"] == 6
-    assert report["errors"] == {"empty": 1, "refusal": 1, "answer truncated": 1}
+    assert report["errors"] == {"empty": 1, "refusal": 1, "answer_truncated": 1}
     assert list(report["errors"]) == list(FREE_TEXT_ERROR_KINDS)
     for name, metric in (("token_f1", token_f1), ("rouge_l", rouge_l)):
         summary = report["metrics"][name]
@@ -319,23 +342,23 @@ def test_score_free_text_summary():
         "empty",
         "refusal",
         None,
-        "answer truncated",
+        "answer_truncated",
     ]
 
 
 def test_score_free_text_is_seeded():
     metrics = {"token_f1": token_f1}
     first = score_free_text(PREDICTIONS, REFERENCES, metrics, seed=7)
-    again = score_free_text(PREDICTIONS, REFERENCES, metrics, seed=7)
-    other = score_free_text(PREDICTIONS, REFERENCES, metrics, seed=8)
-    assert first == again
-    assert first["metrics"]["token_f1"]["mean"] == other["metrics"]["token_f1"]["mean"]
-    assert first["metrics"]["token_f1"]["ci_low"] != other["metrics"]["token_f1"]["ci_low"]
+    assert score_free_text(PREDICTIONS, REFERENCES, metrics, seed=7) == first
+    rng = random.Random(6)
+    scores = [rng.random() for _ in range(50)]
+    assert bootstrap_ci(scores, seed=1) == bootstrap_ci(scores, seed=1)
+    assert bootstrap_ci(scores, seed=1) != bootstrap_ci(scores, seed=2)
 
 
 def test_score_free_text_without_truncation_flags_counts_none():
     report = score_free_text(PREDICTIONS, REFERENCES, {"em": exact_match})
-    assert report["errors"]["answer truncated"] == 0
+    assert report["errors"]["answer_truncated"] == 0
 
 
 def test_bootstrap_interval_narrows_with_more_items():
@@ -412,7 +435,7 @@ def test_importing_the_metrics_imports_no_torch():
     import subprocess
 
     code = (
-        "import sys, lorakit.evaluate.text_plugin, lorakit.evaluate.text, lorakit.evaluate.generate;"
+        "import sys, lorakit.evaluate.text_plugin, lorakit.evaluate.generate;"
         "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -463,10 +486,21 @@ def test_embedding_similarity_ranks_related_above_unrelated(embedder):
 
 
 def test_embedding_similarity_sees_meaning_beyond_tokens(embedder):
-    reference = "A raised body temperature."
-    paraphrase = "An elevated temperature of the body."
-    assert token_f1(paraphrase, reference) < 0.5
-    assert embedder(paraphrase, reference) > 0.8
+    reference = "High blood pressure."
+    synonym = "Hypertension."
+    assert token_f1(synonym, reference) == rouge_l(synonym, reference) == 0.0
+    assert embedder(synonym, reference) > 0.6
+
+
+def test_no_metric_here_sees_a_negation_or_a_wrong_dose(embedder):
+    """The limitation the evaluation guide warns about, pinned down."""
+    for wrong, right in [
+        ("Aspirin is not safe in children.", "Aspirin is safe in children."),
+        ("Give 25 mg of morphine.", "Give 2.5 mg of morphine."),
+    ]:
+        assert token_f1(wrong, right) > 0.75
+        assert rouge_l(wrong, right) > 0.75
+        assert embedder(wrong, right) > 0.85
 
 
 def test_embeddings_equal_sentence_transformers(embedder):
@@ -481,7 +515,8 @@ def test_embeddings_equal_sentence_transformers(embedder):
 
 
 def test_long_texts_are_chunked_or_truncated(embedder):
-    long_text = "Asthma narrows the airways. " * 10 + "Diabetes raises blood sugar. " * 120
+    # the first window (254 word pieces) is about asthma; the next 900 are about diabetes
+    long_text = "Asthma narrows the airways. " * 50 + "Diabetes raises blood sugar. " * 150
     short = "Asthma narrows the airways."
     truncating = EmbeddingSimilarity(device="cpu", long_texts="truncate")
     truncating._model, truncating._tokenizer = embedder._model, embedder._tokenizer  # share

@@ -236,3 +236,31 @@ def test_cli_train_tiny_preset(tmp_path):
     assert bad.exit_code == 2 and "did you mean 'adapter.rank'" in bad.output
     unknown = CliRunner(env={"COLUMNS": "200"}).invoke(main, ["train", "medqa_phi3_tny"])
     assert unknown.exit_code == 2 and "did you mean 'medqa_phi3_tiny'" in unknown.output
+
+
+def test_run_report_scores_benchmarks_for_base_and_adapter(shared_data, tmp_path):
+    recipe = medqa_phi3_tiny.with_overrides(
+        {
+            "training.max_steps": 10,
+            "training.eval_steps": 5,
+            "training.save_steps": 5,
+            "evaluation.benchmarks": f"mmlu_medical:{shared_data / 'mmlu' / 'dev'}",
+            "evaluation.limit": 12,
+        }
+    )
+    result = recipe.run(tmp_path / "bench", show_progress=False)
+    benchmarks = result.report["benchmarks"]
+    assert set(benchmarks) == {"mmlu_medical", "heldout"}
+    for side in ("base", "adapter"):
+        mmlu = benchmarks["mmlu_medical"][side]
+        assert mmlu["n"] == 12
+        assert 0 <= mmlu["ci_low"] <= mmlu["accuracy"] <= mmlu["ci_high"] <= 1
+    compare = benchmarks["mmlu_medical"]["compare"]
+    assert compare["measure"] == "accuracy"
+    assert compare["ci_low"] <= compare["delta"] <= compare["ci_high"]
+    heldout = benchmarks["heldout"]
+    # The adapter's heldout perplexity is the report's test perplexity (same rows, same model).
+    assert heldout["adapter"]["perplexity"] == pytest.approx(
+        result.report["test"]["perplexity"], rel=1e-4
+    )
+    assert "| mmlu_medical | 12 |" in (result.run_dir / "report.md").read_text()

@@ -152,6 +152,146 @@ def train_command(
     console.print(f"report: {result.run_dir / 'report.md'}")
 
 
+def _eval_table(title: str, results: list[Any], comparisons: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in ("bench", "n", "accuracy", "95% CI", "acc_norm", "errors", "delta (95% CI)"):
+        table.add_column(column, justify="left" if column in ("bench", "errors") else "right")
+    for result in results:
+        if result.accuracy is None:
+            value, interval = f"ppl {result.perplexity:.3f}", "-"
+        else:
+            value = f"{100 * result.accuracy:.1f}%"
+            interval = f"{100 * result.ci_low:.1f}-{100 * result.ci_high:.1f}"
+        errors = ", ".join(f"{k} {v}" for k, v in result.errors.items() if v) or "-"
+        comp = comparisons.get(result.bench)
+        delta = "-"
+        if comp is not None and comp.measure == "accuracy":
+            delta = f"{100 * comp.delta:+.1f} ({100 * comp.ci_low:+.1f}..{100 * comp.ci_high:+.1f})"
+        elif comp is not None:
+            delta = f"ppl {comp.delta:+.3f}"
+        acc_norm = f"{100 * result.acc_norm:.1f}%" if result.acc_norm is not None else "-"
+        table.add_row(result.bench, str(result.n), value, interval, acc_norm, errors, delta)
+    return table
+
+
+@main.command("eval")
+@click.option("--model", "model_name", required=True, help="Base model id, folder, or tiny-phi3.")
+@click.option(
+    "--adapter", type=click.Path(exists=True, file_okay=False), help="LoRA adapter folder."
+)
+@click.option(
+    "--bench",
+    "benches",
+    multiple=True,
+    required=True,
+    metavar="NAME:PATH",
+    help="medqa:FILE, medmcqa:FILE, pubmedqa:FILE, mmlu_medical:DIR or heldout:URI (repeatable).",
+)
+@click.option("--limit", type=click.IntRange(min=1), help="Score the first N items of each.")
+@click.option("--shots", type=click.IntRange(min=0), help="Exemplars per item (default: 0).")
+@click.option(
+    "--choices",
+    type=click.Choice(["letters", "texts"]),
+    help="Continuation style (default: the benchmark's).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["loglikelihood", "generate"]),
+    default="loglikelihood",
+    show_default=True,
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option(
+    "--quant",
+    type=click.Choice(["nf4", "fp4", "none"]),
+    default="nf4",
+    show_default=True,
+    help="Base weights as in training (QLoRA adapters were trained on the 4-bit base).",
+)
+@click.option("--compare", is_flag=True, help="Score the base model too; report the delta.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per benchmark.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def eval_command(
+    model_name: str,
+    adapter: str | None,
+    benches: tuple[str, ...],
+    limit: int | None,
+    shots: int | None,
+    choices: str | None,
+    mode: str,
+    batch_size: int,
+    quant: str,
+    compare: bool,
+    as_json: bool,
+    no_progress: bool,
+) -> None:
+    """Score a model (and optionally an adapter) on medical benchmarks, with 95 % intervals."""
+    from lorakit.evaluate.benchmarks import check_adapter_base, parse_bench, run_benchmark
+    from lorakit.evaluate.benchmarks import compare as compare_results
+    from lorakit.model import ModelSpec, QuantizedModelBuilder, QuantSpec
+    from lorakit.plugins import Registries, make_plugin_manager
+    from lorakit.reporting import progress_for
+
+    if compare and adapter is None:
+        raise ConfigError("--compare needs --adapter", field="--compare")
+    parsed = [parse_bench(text) for text in benches]  # bad names fail before the model loads
+    if adapter is not None:
+        check_adapter_base(adapter, model_name)
+    pm = make_plugin_manager()
+    registries = Registries.from_plugin_manager(pm)
+    loaded = QuantizedModelBuilder(
+        ModelSpec(name=model_name, quant=QuantSpec(method=quant)),  # type: ignore[arg-type]
+        plugin_manager=pm,
+    ).build()
+    model, tokenizer = loaded.model, loaded.tokenizer
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    model.eval()
+    console = _console(err=True)
+    for note in loaded.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    options: dict[str, Any] = {
+        "limit": limit,
+        "shots": shots,
+        "choices": choices,
+        "mode": mode,
+        "batch_size": batch_size,
+        "registries": registries,
+    }
+    results, base_results, comparisons = [], [], {}
+    with progress_for(console, not no_progress and not as_json) as progress:
+        for bench, location in parsed:
+            results.append(
+                run_benchmark(model, tokenizer, bench, location, progress=progress, **options)
+            )
+            if compare:
+                with model.disable_adapter():  # the same weights without the adapter
+                    base = run_benchmark(
+                        model, tokenizer, bench, location, progress=progress, **options
+                    )
+                base_results.append(base)
+                comparisons[bench.name] = compare_results(base, results[-1])
+    if as_json:
+        for result in results:
+            record = result.to_dict()
+            record["model"] = model_name
+            record["adapter"] = adapter
+            if result.bench in comparisons:
+                record["compare"] = comparisons[result.bench].to_dict()
+                record["base"] = next(b for b in base_results if b.bench == result.bench).to_dict()
+            click.echo(json.dumps(record))
+        return
+    out = _console()
+    title = f"{model_name}" + (f" + {adapter}" if adapter else "")
+    if compare:
+        out.print(_eval_table(f"{model_name} (base)", base_results, {}))
+    out.print(_eval_table(title, results, comparisons))
+
+
 @main.group("data")
 def data_group() -> None:
     """Look at data before training on it."""

@@ -44,6 +44,8 @@ DEFAULT_PLUGINS = (
     "lorakit.data.templates",
     "lorakit.model",
     "lorakit.presets",
+    "lorakit.evaluate.plugin",
+    "lorakit.evaluate.text_plugin",
 )
 
 

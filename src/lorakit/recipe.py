@@ -37,9 +37,35 @@ from lorakit.model import ModelSpec
 from lorakit.overrides import apply_overrides
 from lorakit.train import TrainingArgs
 
-__all__ = ["Recipe", "RunResult", "load_recipe_dict"]
+__all__ = ["EvalSpec", "Recipe", "RunResult", "load_recipe_dict"]
 
 RUN_FILES = ("recipe.json", "report.json")
+
+
+def _benchmarks(value: Any) -> tuple[str, ...]:
+    items = (value,) if isinstance(value, str) else tuple(value)
+    from lorakit.evaluate.benchmarks import parse_bench
+
+    for text in items:
+        parse_bench(text)
+    return items
+
+
+@attrs.frozen(kw_only=True)
+class EvalSpec:
+    """What a run evaluates after training, besides answer-only loss and perplexity.
+
+    Attributes:
+        benchmarks: ``NAME:PATH`` benchmarks (``medqa:FILE``, ``mmlu_medical:DIR`` ...) scored
+            for the base model and the adapter, with 95 % intervals and the paired difference;
+            when any is named, the recipe's test split is compared too (``heldout``).
+        limit: score only the first ``limit`` items of each benchmark.
+        shots: exemplars per item (``None``: each benchmark's default).
+    """
+
+    benchmarks: tuple[str, ...] = attrs.field(default=(), converter=_benchmarks)
+    limit: int | None = None
+    shots: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -52,6 +78,7 @@ class Recipe:
         adapter: the LoRA adapter.
         data: the data pipeline.
         training: optimizer, schedule, batch sizes, evaluation and checkpoints.
+        evaluation: benchmarks scored for base and adapter at the end of the run.
     """
 
     name: str
@@ -59,6 +86,7 @@ class Recipe:
     adapter: AdapterSpec = attrs.field(factory=AdapterSpec)
     data: DataSpec
     training: TrainingArgs = attrs.field(factory=TrainingArgs)
+    evaluation: EvalSpec = attrs.field(factory=EvalSpec)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Recipe:
         """A copy with settings changed by dotted path: ``{"adapter.rank": 32}``.

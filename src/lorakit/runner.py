@@ -37,6 +37,7 @@ def run_recipe(
     from lorakit.adapter import apply_adapter
     from lorakit.data.pipeline import prepare_data
     from lorakit.evaluate.perplexity import answer_loss
+    from lorakit.fast import apply_liger, set_checkpointing
     from lorakit.model import QuantizedModelBuilder
     from lorakit.plugins import Registries, make_plugin_manager
     from lorakit.recipe import (
@@ -86,9 +87,21 @@ def run_recipe(
         if config is not None:
             config.pad_token_id = pad_id
 
+    training = recipe.training
+    fast_notes = []
+    liger_note = apply_liger(loaded.model, training.liger)
+    if liger_note:
+        fast_notes.append(liger_note)
     model, targets = apply_adapter(
-        loaded.model, recipe.adapter, gradient_checkpointing=recipe.training.gradient_checkpointing
+        loaded.model, recipe.adapter, gradient_checkpointing=training.gradient_checkpointing
     )
+    if training.gradient_checkpointing:
+        set_checkpointing(model, training.checkpoint_every)
+    if training.max_memory_gb is not None:
+        training, note = fit_memory_budget(model, training, recipe.data.tokenize.max_len, pad_id)
+        fast_notes.append(note)
+    for note in fast_notes:
+        console.print(f"[yellow]note:[/] {note}")
 
     def on_log(record: dict[str, Any], step: int) -> None:
         pm.hook.lorakit_log_metrics(metrics=record, step=step)
@@ -99,7 +112,7 @@ def run_recipe(
     for extra in pm.hook.lorakit_trainer_callbacks(recipe=recipe):
         callbacks.extend(extra or [])
     factory = TrainerFactory(
-        recipe.training, run_dir / "checkpoints", loaded.compute_dtype, callbacks=callbacks
+        training, run_dir / "checkpoints", loaded.compute_dtype, callbacks=callbacks
     )
     trainer = factory.create(
         model,
@@ -119,7 +132,7 @@ def run_recipe(
                 model,
                 eval_examples,
                 collate,
-                batch_size=recipe.training.eval_batch_size,
+                batch_size=training.eval_batch_size,
                 progress=progress.task("Eval loss before training", len(eval_examples)),
             )
         eval_before = before.to_dict()
@@ -128,7 +141,7 @@ def run_recipe(
     resume_from = latest_checkpoint(run_dir / "checkpoints") if resuming else None
     train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
-    best = verify_best_checkpoint(trainer, model) if recipe.training.load_best else None
+    best = verify_best_checkpoint(trainer, model) if training.load_best else None
     with progress_for(console, show_progress) as progress:
         after = answer_loss(
             model,
@@ -143,12 +156,24 @@ def run_recipe(
                 model,
                 test_examples,
                 collate,
-                batch_size=recipe.training.eval_batch_size,
+                batch_size=training.eval_batch_size,
                 progress=progress.task("Test loss", len(test_examples)),
             ).to_dict()
             if test_examples
             else None
         )
+
+    benchmarks = None
+    if recipe.evaluation.benchmarks:
+        with progress_for(console, show_progress) as progress:
+            benchmarks = benchmark_report(
+                model,
+                tokenizer,
+                recipe,
+                test_rows=list(data.splits.test),
+                progress=progress,
+                registries=registries,
+            )
 
     adapter_dir = run_dir / "adapter"
     tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".adapter-"))
@@ -180,13 +205,14 @@ def run_recipe(
             **after.to_dict(),
         },
         "test": test,
+        "benchmarks": benchmarks,
         "best": best,
         "adapter": {"path": str(adapter_dir), "targets": targets},
         "data": {
             k: data.report.to_dict()[k]
             for k in ("rows_read", "rows_kept", "kind", "dropped", "split")
         },
-        "notes": [*loaded.notes, *data_notes, *factory.notes],
+        "notes": [*loaded.notes, *data_notes, *fast_notes, *factory.notes],
         "run_card": {
             "versions": versions(),
             "device": loaded.device,
@@ -202,6 +228,92 @@ def run_recipe(
     )
     pm.hook.lorakit_run_end(result=result)
     return result
+
+
+def fit_memory_budget(model: Any, training: Any, max_len: int, pad_id: int) -> tuple[Any, str]:
+    """Choose checkpointing and the packed micro-batch size that fit ``training.max_memory_gb``."""
+    import attrs
+    import torch
+
+    from lorakit.errors import ConfigError
+    from lorakit.fast import plan_memory, set_checkpointing
+
+    if not torch.cuda.is_available():
+        return training, f"no CUDA GPU: training.max_memory_gb={training.max_memory_gb} is ignored"
+    if not training.packing:
+        raise ConfigError(
+            "the memory budget sizes packed micro-batches",
+            field="training.max_memory_gb",
+            hint="set training.packing=true, or drop the budget and set training.batch_size",
+        )
+    device = next(p.device for p in model.parameters())
+    vocab = model.config.vocab_size
+
+    def step(tokens: int) -> None:
+        model.train()
+        ids = torch.randint(10, vocab - 1, (1, tokens), device=device)
+        positions = (torch.arange(tokens, device=device) % max_len).unsqueeze(0)
+        labels = ids.clone()
+        labels[:, 0] = -100
+        loss = model(input_ids=ids, labels=labels, position_ids=positions).loss
+        loss.backward()
+
+    capacity = training.tokens_per_batch or training.batch_size * max_len
+    plan = plan_memory(
+        model,
+        training.max_memory_gb,
+        tokens_per_batch=capacity,
+        grad_accum=training.grad_accum,
+        min_tokens=max_len,
+        step=step,
+    )
+    set_checkpointing(model, plan.checkpoint_every)
+    chosen = attrs.evolve(
+        training,
+        tokens_per_batch=plan.tokens_per_batch,
+        grad_accum=plan.grad_accum,
+        checkpoint_every=plan.checkpoint_every or 1,
+        gradient_checkpointing=plan.checkpoint_every is not None,
+    )
+    return chosen, plan.describe()
+
+
+def benchmark_report(
+    model: Any,
+    tokenizer: Any,
+    recipe: Recipe,
+    *,
+    test_rows: list[Any],
+    progress: Any,
+    registries: Any,
+) -> dict[str, Any]:
+    """Base and adapter on every named benchmark and the test split, with the paired difference."""
+    from lorakit.evaluate.benchmarks import BENCHMARKS, compare, parse_bench, run_benchmark
+
+    spec = recipe.evaluation
+    targets: list[tuple[Any, str | None]] = [parse_bench(text) for text in spec.benchmarks]
+    if test_rows:
+        targets.append((BENCHMARKS["heldout"], None))
+    out: dict[str, Any] = {}
+    for bench, location in targets:
+        kwargs: dict[str, Any] = {
+            "limit": spec.limit,
+            "shots": spec.shots,
+            "progress": progress,
+            "registries": registries,
+            "max_len": recipe.data.tokenize.max_len,
+        }
+        if location is None:
+            kwargs["rows"] = test_rows
+        with model.disable_adapter():  # the very same weights, adapter off
+            base = run_benchmark(model, tokenizer, bench, location, **kwargs)
+        adapted = run_benchmark(model, tokenizer, bench, location, **kwargs)
+        out[bench.name] = {
+            "base": base.to_dict(),
+            "adapter": adapted.to_dict(),
+            "compare": compare(base, adapted).to_dict(),
+        }
+    return out
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
@@ -273,6 +385,21 @@ def template_hash(tokenizer: Any, recipe: Recipe) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _score(result: dict[str, Any]) -> str:
+    if result.get("accuracy") is None:
+        return f"perplexity {result.get('perplexity', float('nan')):.3f}"
+    return f"{100 * result['accuracy']:.1f} % ({100 * result['ci_low']:.1f}-{100 * result['ci_high']:.1f})"
+
+
+def _delta(comparison: dict[str, Any]) -> str:
+    if comparison.get("measure") == "accuracy":
+        return (
+            f"{100 * comparison['delta']:+.1f} points ({100 * comparison['ci_low']:+.1f} to "
+            f"{100 * comparison['ci_high']:+.1f})"
+        )
+    return f"perplexity {comparison['delta']:+.3f}"
+
+
 def report_markdown(report: dict[str, Any]) -> str:
     """The run report as Markdown."""
 
@@ -306,6 +433,17 @@ def report_markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| test loss / perplexity | {fmt(report['test']['loss'])} / {fmt(report['test']['perplexity'])} |"
         )
+    if report.get("benchmarks"):
+        lines += [
+            "",
+            "| benchmark | n | base | adapter | difference (95 % CI) |",
+            "|---|---|---|---|---|",
+        ]
+        for name, entry in report["benchmarks"].items():
+            lines.append(
+                f"| {name} | {entry['adapter']['n']} | {_score(entry['base'])} | "
+                f"{_score(entry['adapter'])} | {_delta(entry['compare'])} |"
+            )
     data = report["data"]
     lines += [
         "",

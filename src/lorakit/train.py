@@ -159,11 +159,17 @@ class QACollator:
     """
 
     def __init__(
-        self, pad_id: int, *, pad_to_multiple_of: int | None = None, max_len: int | None = None
+        self,
+        pad_id: int,
+        *,
+        pad_to_multiple_of: int | None = None,
+        max_len: int | None = None,
+        packed_length: int | None = None,
     ) -> None:
         self.pad_id = pad_id
         self.multiple = pad_to_multiple_of
         self.max_len = max_len
+        self.packed_length = packed_length
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -178,7 +184,10 @@ class QACollator:
         packed = "position_ids" in features[0]
         if packed:
             longest = max(len(f["input_ids"]) for f in features)
-            if self.multiple:
+            if self.packed_length is not None:
+                # One shape for every packed row: kernels and compiled attention are built once.
+                longest = max(longest, self.packed_length)
+            elif self.multiple:
                 longest = math.ceil(longest / self.multiple) * self.multiple
         ids = torch.full((len(features), longest), self.pad_id, dtype=torch.long)
         labels = torch.full((len(features), longest), -100, dtype=torch.long)
@@ -276,7 +285,11 @@ class TrainerFactory:
         known = {f.name for f in dataclasses.fields(TrainingArguments)}
         # transformers 5.2x replaced group_by_length with train_sampling_strategy.
         sampling = (
-            {"train_sampling_strategy": "group_by_length" if a.group_by_length and not packed else "random"}
+            {
+                "train_sampling_strategy": "group_by_length"
+                if a.group_by_length and not packed
+                else "random"
+            }
             if "train_sampling_strategy" in known
             else {"group_by_length": a.group_by_length and not packed}
         )
@@ -365,10 +378,15 @@ class TrainerFactory:
                 raise ConfigError("packing needs max_len or training.tokens_per_batch")
             capacity = self.args.tokens_per_batch or self.args.batch_size * int(max_len or 0)
             train_dataset: Any = PackedDataset(train_examples, capacity, seed=self.args.seed)
+            packed_length: int | None = capacity
         else:
             train_dataset = ExampleDataset(train_examples)
+            packed_length = None
         collator = QACollator(
-            pad_id, pad_to_multiple_of=self.args.pad_to_multiple_of, max_len=max_len
+            pad_id,
+            pad_to_multiple_of=self.args.pad_to_multiple_of,
+            max_len=max_len,
+            packed_length=packed_length,
         )
         trainer_cls = _watchdog_trainer_class()
         from transformers import PrinterCallback

@@ -29,7 +29,9 @@ def pack_examples(lengths: Sequence[int], capacity: int, *, seed: int = 0) -> li
     longer than ``capacity`` is an error: truncate to ``max_len`` first.
     """
     if capacity < 1:
-        raise ConfigError(f"packing capacity must be positive, got {capacity}", field="training.tokens_per_batch")
+        raise ConfigError(
+            f"packing capacity must be positive, got {capacity}", field="training.tokens_per_batch"
+        )
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     rows: list[list[int]] = []
     free: list[int] = []

@@ -31,13 +31,13 @@ __all__ = [
     "accuracy_result",
 ]
 
-ERROR_KINDS = ("wrong_option", "no_parsable_answer", "refusal", "answer_truncated")
+ERROR_KINDS = ("wrong_option", "no_parsable_answer", "refusal", "prompt_truncated")
 """The MCQ error taxonomy, in report order.
 
 ``wrong_option``: a valid option was chosen and it is not the answer. ``no_parsable_answer``:
 generation mode only, the reply names no option. ``refusal``: generation mode only, the reply
 names no option and matches a refusal pattern (``I cannot``, ``consult a doctor`` ...).
-``answer_truncated``: the prompt did not fit the model's context and lost tokens on the left;
+``prompt_truncated``: the prompt did not fit the model's context and lost tokens on the left;
 this kind overlaps the others (a truncated item may still be right), the first three do not.
 """
 
@@ -91,6 +91,8 @@ class MetricResult:
         choices: per item, the index of the chosen option (``-1``: none), in row order.
         correct: per item, 1 when the chosen option is the answer, else 0.
         item_ids: per item, the row's ``id`` (or ``origin``), to pair items across runs.
+        item_categories: per item, its category (``"(none)"`` for none); empty when no item
+            has one.
     """
 
     name: str
@@ -104,6 +106,7 @@ class MetricResult:
     choices: tuple[int, ...] = ()
     correct: tuple[int, ...] = ()
     item_ids: tuple[str, ...] = ()
+    item_categories: tuple[str, ...] = ()
 
     def __attrs_post_init__(self) -> None:
         if self.n < 1:
@@ -125,6 +128,7 @@ class MetricResult:
             out["choices"] = list(self.choices)
             out["correct"] = list(self.correct)
             out["item_ids"] = list(self.item_ids)
+            out["item_categories"] = list(self.item_categories)
         return out
 
 
@@ -174,13 +178,15 @@ def accuracy_result(
     hits = sum(correct)
     low, high = wilson_interval(hits, n, confidence=confidence)
     per_category: dict[str, CategoryScore] = {}
+    item_categories: tuple[str, ...] = ()
     if categories is not None:
         if len(categories) != n:
             raise ConfigError(f"{len(categories)} categories for {n} items")
         if any(c is not None for c in categories):
+            item_categories = tuple(c or NO_CATEGORY for c in categories)
             counts: dict[str, list[int]] = {}
-            for category, ok in zip(categories, correct, strict=True):
-                counts.setdefault(category or NO_CATEGORY, []).append(ok)
+            for category, ok in zip(item_categories, correct, strict=True):
+                counts.setdefault(category, []).append(ok)
             per_category = {
                 key: CategoryScore.from_counts(sum(v), len(v), confidence=confidence)
                 for key, v in sorted(counts.items())
@@ -206,6 +212,7 @@ def accuracy_result(
         choices=tuple(int(c) for c in choices),
         correct=correct,
         item_ids=ids,
+        item_categories=item_categories,
     )
 
 

@@ -17,7 +17,10 @@ Each prompt is exactly the prompt training conditions on: the template's message
 tokenizer's chat template with the generation prompt (``<|assistant|>\\n`` for Phi-3), tokenised
 as :func:`~lorakit.data.tokenize.tokenize_rows` tokenises it. Prompts are sorted by length and
 generated in batches, padded on the left with an attention mask, so the last position of every
-prompt is the last column of the batch; the outputs equal those of one-by-one generation.
+prompt is the last column of the batch. In float32 on a CPU the answers equal those of one-by-one
+generation (tested); in bfloat16 or float16 on a GPU, batched kernels round differently, so at a
+near-tie between two tokens a batched answer can take the other branch. Compare runs with the
+same ``batch_size``.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ class Generation:
         text: the new tokens decoded without special tokens, up to (not including) the first
             stop token; surrounding whitespace is removed.
         truncated: generation hit ``max_new_tokens`` before any stop token, so the answer may
-            be cut off (the ``"answer truncated"`` error of
+            be cut off (the ``"answer_truncated"`` error of
             :func:`~lorakit.evaluate.text.classify_free_text`).
         origin: the row's ``origin`` (``file:line``).
         new_tokens: how many tokens the answer has (the stop token not counted).
@@ -93,10 +96,10 @@ def generate_answers(
 ) -> list[Generation]:
     """Generate an answer to each row greedily, in batches, and say which hit the token limit.
 
-    Decoding is greedy (no sampling, one beam), so the same model and rows give the same
-    answers, whatever the batch size. Generation of a row stops at its first stop token
-    (:func:`~lorakit.data.tokenize.stop_token_ids` of the tokenizer plus the model's
-    ``generation_config.eos_token_id``) or after ``max_new_tokens`` tokens.
+    Decoding is greedy (no sampling, one beam), so the same model, rows and ``batch_size`` give
+    the same answers (and, in float32, the same for any batch size). Generation of a row stops
+    at its first stop token (:func:`~lorakit.data.tokenize.stop_token_ids` of the tokenizer
+    plus the model's ``generation_config.eos_token_id``) or after ``max_new_tokens`` tokens.
 
     The model is put in eval mode for the call and its mode restored afterwards. On a CPU, a
     bitsandbytes 4-bit model is kept off its inference-only path

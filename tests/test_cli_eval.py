@@ -1,0 +1,75 @@
+"""``lorakit eval``: every benchmark on the real files, base vs adapter, bad adapters refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from lorakit.cli import main
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_phi3, tmp_path_factory):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_phi3)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["qkv_proj", "o_proj"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # make the adapter change the model
+    out = tmp_path_factory.mktemp("adapter")
+    peft_model.save_pretrained(out)
+    return out
+
+
+def test_eval_every_benchmark_with_compare(tiny_phi3, adapter_dir, shared_data):
+    args = [
+        "eval", "--model", str(tiny_phi3), "--adapter", str(adapter_dir), "--quant", "none",
+        "--bench", f"medqa:{shared_data}/medqa/us_4_options_sample.jsonl",
+        "--bench", f"medmcqa:{shared_data}/medmcqa/dev.json",
+        "--bench", f"pubmedqa:{shared_data}/pubmedqa/ori_pqal_train.json",
+        "--bench", f"mmlu_medical:{shared_data}/mmlu/dev",
+        "--bench", f"heldout:medquad:{shared_data}/medquad/5_NIDDK_QA",
+        "--limit", "6", "--compare", "--json",
+    ]  # fmt: skip
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [r["bench"] for r in lines] == [
+        "medqa",
+        "medmcqa",
+        "pubmedqa",
+        "mmlu_medical",
+        "heldout",
+    ]
+    for record in lines:
+        assert {"bench", "n", "accuracy", "ci_low", "ci_high", "compare", "base"} <= set(record)
+        assert record["n"] == 6
+        if record["accuracy"] is not None:
+            assert 0 <= record["ci_low"] <= record["accuracy"] <= record["ci_high"] <= 1
+    # The adapter changes the model, so the heldout perplexity of base and adapter differ.
+    assert lines[-1]["compare"]["delta"] != 0
+    table = CliRunner(env={"COLUMNS": "200"}).invoke(main, [*args[:-1], "--no-progress"])
+    assert table.exit_code == 0, table.output
+    assert "mmlu_medical" in table.output and "(base)" in table.output
+
+
+def test_eval_rejects_an_adapter_of_another_base(adapter_dir, shared_data, tmp_path):
+    other = tmp_path / "other-model"
+    other.mkdir()
+    result = CliRunner().invoke(
+        main,
+        ["eval", "--model", str(other), "--adapter", str(adapter_dir),
+         "--bench", f"medqa:{shared_data}/medqa/us_4_options_sample.jsonl"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "the adapter was trained on" in result.output
+
+
+def test_eval_unknown_benchmark_suggests_the_nearest(tiny_phi3):
+    result = CliRunner().invoke(main, ["eval", "--model", str(tiny_phi3), "--bench", "medqaa:x"])
+    assert result.exit_code == 2 and "did you mean 'medqa'" in result.output
