@@ -464,9 +464,20 @@ def test_prepare_run_dir_refuses_a_folder_that_is_not_a_run(tmp_path: Path):
 
 def test_prepare_run_dir_refuses_another_recipes_run(tmp_path: Path):
     prepare_run_dir(tmp_path, medqa_phi3_tiny)
+    (tmp_path / "checkpoints" / "checkpoint-20").mkdir(parents=True)
     other = medqa_phi3_tiny.with_overrides({"adapter.rank": 8})
     with pytest.raises(ConfigError, match="different recipe"):
         prepare_run_dir(tmp_path, other)
+
+
+def test_prepare_run_dir_restarts_an_attempt_that_never_checkpointed(tmp_path: Path):
+    prepare_run_dir(tmp_path, medqa_phi3_tiny)
+    (tmp_path / "data_report.json").write_text("{}")
+    fixed = medqa_phi3_tiny.with_overrides({"adapter.rank": 8})
+    assert prepare_run_dir(tmp_path, fixed) is False
+    stored = json.loads((tmp_path / "recipe.json").read_text())
+    assert stored["recipe"]["adapter"]["rank"] == 8
+    assert not (tmp_path / "data_report.json").exists()
 
 
 def test_write_text_atomic_replaces_and_leaves_no_temporary_files(tmp_path: Path):
@@ -504,3 +515,15 @@ def test_replace_dir_atomic_replaces_an_existing_folder(tmp_path: Path):
     (fresh / "x").write_text("x")
     replace_dir_atomic(fresh, tmp_path / "other")
     assert (tmp_path / "other" / "x").read_text() == "x"
+
+
+def test_template_options_and_cleaner_chains_from_strings():
+    recipe = medqa_phi3_tiny.with_overrides(
+        {
+            "data.template_options": "system=Answer briefly,include_context=false",
+            "data.cleaners": "normalize_whitespace;near_dedup:threshold=0.85,ngram=3",
+        }
+    )
+    assert dict(recipe.data.template_options) == {"system": "Answer briefly", "include_context": False}
+    assert [c.name for c in recipe.data.cleaners] == ["normalize_whitespace", "near_dedup"]
+    assert dict(recipe.data.cleaners[1].options) == {"threshold": 0.85, "ngram": 3}

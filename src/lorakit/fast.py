@@ -54,7 +54,7 @@ def checkpoint_layers(model: Any) -> list[Any]:
     return [
         m
         for m in model.modules()
-        if hasattr(m, "gradient_checkpointing") and hasattr(m, "_gradient_checkpointing_func")
+        if any(cls.__name__ == "GradientCheckpointingLayer" for cls in type(m).__mro__)
     ]
 
 

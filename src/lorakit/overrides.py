@@ -109,6 +109,34 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     return True  # str, Literal, tuples, mappings, specs: left to the field's converter/validator
 
 
+def _parse_options(text: str, key: str) -> dict[str, Any]:
+    """``"system=Be brief,include_context=false"`` -> options with numbers and booleans parsed."""
+    options: dict[str, Any] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        name, sep, raw = part.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(
+                f"{part!r} is not NAME=VALUE", field=key, hint="e.g. name=value,other=2"
+            )
+        value: Any = raw.strip()
+        lowered = value.lower()
+        if lowered in ("true", "false"):
+            value = lowered == "true"
+        elif lowered in ("none", "null"):
+            value = None
+        else:
+            for number in (int, float):
+                try:
+                    value = number(value)
+                    break
+                except ValueError:
+                    continue
+        options[name.strip()] = value
+    return options
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if not isinstance(value, str):
         if not _type_ok(value, annotation):
@@ -139,11 +167,15 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             hint=did_you_mean(value, [str(a) for a in args]),
         )
     if origin is tuple:
-        return tuple(part.strip() for part in value.split(",") if part.strip())
+        # Items are split on ";" when there is one (cleaners carry options with commas).
+        separator = ";" if ";" in value else ","
+        return tuple(part.strip() for part in value.split(separator) if part.strip())
     if origin in (dict, Mapping) or annotation in (dict, Mapping):
-        from lorakit.data.rows import parse_fields
+        if key.endswith(".fields"):
+            from lorakit.data.rows import parse_fields
 
-        return parse_fields(value)
+            return parse_fields(value)
+        return _parse_options(value, key)
     if annotation is bool:
         lowered = value.lower()
         if lowered in ("true", "1", "yes", "on"):

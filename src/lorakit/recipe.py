@@ -164,7 +164,7 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe) -> bool:
             raise ConfigError(
                 "the run directory already holds a finished run",
                 file=str(run_dir),
-                hint="choose another --run-dir (runs never overwrite a finished run)",
+                hint="choose another --run-dir: runs never overwrite a finished run",
             )
         if not recipe_file.exists():
             raise ConfigError(
@@ -173,13 +173,18 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe) -> bool:
                 hint="choose an empty or new --run-dir",
             )
         stored = json.loads(recipe_file.read_text(encoding="utf-8"))
-        if stored.get("hash") != recipe_hash(recipe):
+        if stored.get("hash") == recipe_hash(recipe):
+            return True
+        if any((run_dir / "checkpoints").glob("checkpoint-*")):
             raise ConfigError(
                 "the run directory holds an unfinished run of a different recipe",
                 file=str(run_dir),
                 hint="resume it with the same preset and --set values, or choose another --run-dir",
             )
-        return True
+        # An earlier attempt stopped before its first checkpoint (a bad setting, say):
+        # nothing to resume, so start over with this recipe.
+        for name in ("data_report.json", "eval_before.json", "metrics.jsonl", "memory_plan.json"):
+            (run_dir / name).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(recipe_file, {"hash": recipe_hash(recipe), "recipe": recipe.to_dict()})
     return False

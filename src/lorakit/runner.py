@@ -35,13 +35,16 @@ def run_recipe(
     from rich.console import Console
 
     from lorakit.adapter import apply_adapter
+    from lorakit.data.cleaners import check_cleaners
     from lorakit.data.pipeline import prepare_data
+    from lorakit.data.sources import read_source
     from lorakit.evaluate.perplexity import answer_loss
     from lorakit.fast import apply_liger, set_checkpointing
     from lorakit.model import QuantizedModelBuilder
     from lorakit.plugins import Registries, make_plugin_manager
     from lorakit.recipe import (
         RunResult,
+        checkpoint_step,
         default_run_dir,
         prepare_run_dir,
         replace_dir_atomic,
@@ -59,6 +62,13 @@ def run_recipe(
     resuming = prepare_run_dir(run_dir, recipe)
     console = Console(stderr=True)
     pm.hook.lorakit_run_start(recipe=recipe, run_dir=run_dir)
+
+    # Bad data settings fail here, in a second, not after the model has loaded.
+    check_cleaners(recipe.data.cleaners, registries.cleaners)
+    next(
+        iter(read_source(recipe.data.source, fields=recipe.data.fields, registries=registries)),
+        None,
+    )
 
     loaded = QuantizedModelBuilder(recipe.model, plugin_manager=pm).build()
     for note in loaded.notes:
@@ -98,7 +108,9 @@ def run_recipe(
     if training.gradient_checkpointing:
         set_checkpointing(model, training.checkpoint_every)
     if training.max_memory_gb is not None:
-        training, note = fit_memory_budget(model, training, recipe.data.tokenize.max_len, pad_id)
+        training, note = fit_memory_budget(
+            model, training, recipe.data.tokenize.max_len, run_dir / "memory_plan.json"
+        )
         fast_notes.append(note)
     for note in fast_notes:
         console.print(f"[yellow]note:[/] {note}")
@@ -139,7 +151,10 @@ def run_recipe(
         write_json_atomic(eval_before_file, eval_before)
 
     resume_from = latest_checkpoint(run_dir / "checkpoints") if resuming else None
-    train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if resume_from is not None:
+        # Records logged after the checkpoint are logged again by the resumed run.
+        keep_metrics_until(run_dir / "metrics.jsonl", checkpoint_step(resume_from))
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     best = verify_best_checkpoint(trainer, model) if training.load_best else None
     with progress_for(console, show_progress) as progress:
@@ -184,8 +199,8 @@ def run_recipe(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    history = trainer.state.log_history
-    train_losses = [h["loss"] for h in history if "loss" in h]
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_losses = [r["loss"] for r in logged if "loss" in r]
     report = {
         "status": "complete",
         "recipe": recipe.name,
@@ -196,7 +211,8 @@ def run_recipe(
         "steps": trainer.state.global_step,
         "train": {
             "final_loss": train_losses[-1] if train_losses else None,
-            "mean_loss": float(train_output.training_loss),
+            # The mean of the logged losses over the whole run, resumed or not.
+            "mean_loss": sum(train_losses) / len(train_losses) if train_losses else None,
             "examples": len(train_examples),
         },
         "eval": {
@@ -230,13 +246,17 @@ def run_recipe(
     return result
 
 
-def fit_memory_budget(model: Any, training: Any, max_len: int, pad_id: int) -> tuple[Any, str]:
-    """Choose checkpointing and the packed micro-batch size that fit ``training.max_memory_gb``."""
+def fit_memory_budget(model: Any, training: Any, max_len: int, plan_file: Path) -> tuple[Any, str]:
+    """Choose checkpointing and the packed micro-batch size that fit ``training.max_memory_gb``.
+
+    The plan is stored in ``plan_file`` so that a resumed run trains exactly as it started.
+    """
     import attrs
     import torch
 
     from lorakit.errors import ConfigError
-    from lorakit.fast import plan_memory, set_checkpointing
+    from lorakit.fast import MemoryPlan, plan_memory, set_checkpointing
+    from lorakit.recipe import write_json_atomic
 
     if not torch.cuda.is_available():
         return training, f"no CUDA GPU: training.max_memory_gb={training.max_memory_gb} is ignored"
@@ -259,14 +279,19 @@ def fit_memory_budget(model: Any, training: Any, max_len: int, pad_id: int) -> t
         loss.backward()
 
     capacity = training.tokens_per_batch or training.batch_size * max_len
-    plan = plan_memory(
-        model,
-        training.max_memory_gb,
-        tokens_per_batch=capacity,
-        grad_accum=training.grad_accum,
-        min_tokens=max_len,
-        step=step,
-    )
+    if plan_file.exists():
+        stored = json.loads(plan_file.read_text(encoding="utf-8"))
+        plan = MemoryPlan(**{**stored, "tried": tuple(tuple(t) for t in stored["tried"])})
+    else:
+        plan = plan_memory(
+            model,
+            training.max_memory_gb,
+            tokens_per_batch=capacity,
+            grad_accum=training.grad_accum,
+            min_tokens=max_len,
+            step=step,
+        )
+        write_json_atomic(plan_file, attrs.asdict(plan))
     set_checkpointing(model, plan.checkpoint_every)
     chosen = attrs.evolve(
         training,
@@ -314,6 +339,16 @@ def benchmark_report(
             "compare": compare(base, adapted).to_dict(),
         }
     return out
+
+
+def keep_metrics_until(path: Path, step: int) -> None:
+    """Drop the records of ``metrics.jsonl`` logged after ``step``."""
+    from lorakit.recipe import write_text_atomic
+
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+    write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
