@@ -21,27 +21,40 @@ if TYPE_CHECKING:
     from lorakit.data.sources import read_source
     from lorakit.data.splits import SplitSpec
     from lorakit.data.tokenize import TokenizeSpec
+    from lorakit.adapter import AdapterSpec
+    from lorakit.evaluate.benchmarks import run_benchmark
+    from lorakit.model import ModelSpec, QuantSpec
     from lorakit.plugins import Registries, make_plugin_manager
+    from lorakit.recipe import EvalSpec, Recipe, RunResult
+    from lorakit.train import TrainingArgs
 
 __all__ = [
+    "AdapterSpec",
     "CleanerSpec",
     "CleaningReport",
     "ConfigError",
     "DataError",
     "DataReport",
     "DataSpec",
+    "EvalSpec",
     "LorakitError",
+    "ModelSpec",
     "PluginError",
     "PreparedData",
     "QARow",
+    "QuantSpec",
+    "Recipe",
     "Registries",
+    "RunResult",
     "SplitSpec",
     "TokenizeSpec",
+    "TrainingArgs",
     "__version__",
     "hookimpl",
     "make_plugin_manager",
     "prepare_data",
     "read_source",
+    "run_benchmark",
 ]
 
 _LAZY = {
@@ -56,6 +69,14 @@ _LAZY = {
     "SplitSpec": "lorakit.data.splits",
     "TokenizeSpec": "lorakit.data.tokenize",
     "Registries": "lorakit.plugins",
+    "AdapterSpec": "lorakit.adapter",
+    "run_benchmark": "lorakit.evaluate.benchmarks",
+    "ModelSpec": "lorakit.model",
+    "QuantSpec": "lorakit.model",
+    "EvalSpec": "lorakit.recipe",
+    "Recipe": "lorakit.recipe",
+    "RunResult": "lorakit.recipe",
+    "TrainingArgs": "lorakit.train",
     "make_plugin_manager": "lorakit.plugins",
 }
 
