@@ -28,21 +28,9 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from lorakit.testing import PHI3_MINI_CONFIG
+
 DEFAULT_BENCH = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "medqa"
-PHI3_MINI = {
-    "vocab_size": 32064,
-    "hidden_size": 3072,
-    "intermediate_size": 8192,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 32,
-    "max_position_embeddings": 4096,
-    "original_max_position_embeddings": 4096,
-    "sliding_window": 2047,
-    "rope_theta": 10000.0,
-    "tie_word_embeddings": False,
-}
-"""Phi-3-mini-4k-instruct's ``config.json`` dimensions."""
 
 
 def _load(args: argparse.Namespace, device: str, dtype: Any) -> tuple[Any, Any]:
@@ -55,10 +43,12 @@ def _load(args: argparse.Namespace, device: str, dtype: Any) -> tuple[Any, Any]:
     if args.model == "random-phi3-mini":
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or tiny_phi3_path())
         config = Phi3Config(
-            **PHI3_MINI,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
+            **{
+                **PHI3_MINI_CONFIG,
+                "bos_token_id": tokenizer.bos_token_id,
+                "eos_token_id": tokenizer.eos_token_id,
+                "pad_token_id": tokenizer.pad_token_id,
+            }
         )
         config._attn_implementation = args.attn
         torch.manual_seed(0)

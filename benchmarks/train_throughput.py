@@ -39,22 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
-PHI3_MINI = {
-    "hidden_size": 3072,
-    "intermediate_size": 8192,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 32,
-    "vocab_size": 32064,
-    "max_position_embeddings": 4096,
-    "original_max_position_embeddings": 4096,
-    "rope_theta": 10000.0,
-    "rms_norm_eps": 1e-5,
-    "bos_token_id": 1,
-    "eos_token_id": 32000,
-    "pad_token_id": 32000,
-    "tie_word_embeddings": False,
-}
+from lorakit.testing import PHI3_MINI_CONFIG
+
 PEAK_FLOPS = 790e12
 MAX_LEN = 1024
 
@@ -77,7 +63,7 @@ def build_model(folder: Path) -> None:
 
     torch.manual_seed(0)
     with torch.device("cuda"):
-        model = Phi3ForCausalLM(Phi3Config(**PHI3_MINI)).to(torch.bfloat16)
+        model = Phi3ForCausalLM(Phi3Config(**PHI3_MINI_CONFIG)).to(torch.bfloat16)
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(tiny_phi3_path()).save_pretrained(folder)
 
@@ -100,7 +86,7 @@ def synthetic_examples(lengths: list[int], n: int, seed: int) -> list[object]:
 
 def phi3_parameters() -> int:
     """Parameters of the Phi-3-mini architecture (3,821,079,552)."""
-    c = PHI3_MINI
+    c = PHI3_MINI_CONFIG
     h, i, v, n = c["hidden_size"], c["intermediate_size"], c["vocab_size"], c["num_hidden_layers"]
     layer = h * 3 * h + h * h + h * 2 * i + i * h + 2 * h
     return 2 * v * h + n * layer + h

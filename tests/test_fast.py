@@ -103,3 +103,30 @@ def test_liger_modes_on_a_machine_without_what_it_needs(checkpointed_model):
     assert apply_liger(checkpointed_model, "auto") is None
     with pytest.raises(ConfigError, match="cannot apply Liger kernels"):
         apply_liger(checkpointed_model, "on")
+
+
+def test_every_checkpointing_mode_gives_the_same_gradients(tiny_phi3):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lorakit.adapter import AdapterSpec, apply_adapter
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_phi3, dtype=torch.float32)
+    base.config.use_cache = False
+    model, _ = apply_adapter(base, AdapterSpec(rank=4, dropout=0.0), gradient_checkpointing=True)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.1)
+    model.train()
+    ids = torch.randint(10, 400, (2, 24))
+    grads = {}
+    for every in (None, 2, 1):
+        set_checkpointing(model, every)
+        model.zero_grad(set_to_none=True)
+        model(input_ids=ids, labels=ids).loss.backward()
+        grads[every] = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    for every in (2, 1):
+        assert all(
+            torch.allclose(a, b, atol=1e-6) for a, b in zip(grads[None], grads[every], strict=True)
+        )

@@ -524,6 +524,9 @@ def test_template_options_and_cleaner_chains_from_strings():
             "data.cleaners": "normalize_whitespace;near_dedup:threshold=0.85,ngram=3",
         }
     )
-    assert dict(recipe.data.template_options) == {"system": "Answer briefly", "include_context": False}
+    assert dict(recipe.data.template_options) == {
+        "system": "Answer briefly",
+        "include_context": False,
+    }
     assert [c.name for c in recipe.data.cleaners] == ["normalize_whitespace", "near_dedup"]
     assert dict(recipe.data.cleaners[1].options) == {"threshold": 0.85, "ngram": 3}

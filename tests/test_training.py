@@ -127,7 +127,7 @@ KILL_SCRIPT = textwrap.dedent(
 
             class Kill(TrainerCallback):
                 def on_step_end(self, args, state, control, **kw):
-                    if state.global_step == 13:
+                    if state.global_step == {kill_at}:
                         os.kill(os.getpid(), signal.SIGKILL)
 
             return [Kill()]
@@ -138,21 +138,29 @@ KILL_SCRIPT = textwrap.dedent(
 )
 
 
-def test_killed_run_resumes_from_its_last_checkpoint(shared_data, tmp_path):
+@pytest.mark.parametrize(("kill_at", "resumed_from"), [(16, "checkpoint-10"), (5, None)])
+def test_killed_run_resumes_from_its_last_checkpoint(shared_data, tmp_path, kill_at, resumed_from):
     run_dir = tmp_path / "killed"
     script = KILL_SCRIPT.format(
-        tests=str(Path(__file__).parent), shared=str(shared_data), run_dir=str(run_dir)
+        tests=str(Path(__file__).parent),
+        shared=str(shared_data),
+        run_dir=str(run_dir),
+        kill_at=kill_at,
     )
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, env=os.environ.copy()
     )
     assert done.returncode == -9, done.stderr[-3000:]
-    assert (run_dir / "checkpoints" / "checkpoint-10").is_dir()
+    assert (run_dir / "checkpoints" / "checkpoint-10").is_dir() == (resumed_from is not None)
     assert not (run_dir / "report.json").exists()
     assert not (run_dir / "adapter").exists()
+    logged_before = [
+        json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert max(logged_before) > (10 if resumed_from else 0)  # records the resume must drop
 
     result = medquad_recipe(shared_data).run(run_dir, show_progress=False)
-    assert result.report["resumed_from"] == "checkpoint-10"
+    assert result.report["resumed_from"] == resumed_from
     assert result.report["steps"] == 40
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     loss_steps = [r["step"] for r in records if "loss" in r]
@@ -160,7 +168,8 @@ def test_killed_run_resumes_from_its_last_checkpoint(shared_data, tmp_path):
     # One record per step across the kill: the resumed run logs on from the checkpoint.
     assert loss_steps == sorted(set(loss_steps)) and loss_steps[-1] == 40
     assert eval_steps == [10, 20, 30, 40]
-    assert "resumed from `checkpoint-10`" in (run_dir / "report.md").read_text()
+    if resumed_from:
+        assert "resumed from `checkpoint-10`" in (run_dir / "report.md").read_text()
 
 
 def test_other_recipe_cannot_resume_a_run(shared_data, tmp_path):

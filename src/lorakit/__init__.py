@@ -15,13 +15,13 @@ from lorakit.errors import ConfigError, DataError, LorakitError, PluginError
 from lorakit.hookspecs import hookimpl
 
 if TYPE_CHECKING:
+    from lorakit.adapter import AdapterSpec
     from lorakit.data.cleaners import CleanerSpec, CleaningReport
     from lorakit.data.pipeline import DataReport, DataSpec, PreparedData, prepare_data
     from lorakit.data.rows import QARow
     from lorakit.data.sources import read_source
     from lorakit.data.splits import SplitSpec
     from lorakit.data.tokenize import TokenizeSpec
-    from lorakit.adapter import AdapterSpec
     from lorakit.evaluate.benchmarks import run_benchmark
     from lorakit.model import ModelSpec, QuantSpec
     from lorakit.plugins import Registries, make_plugin_manager

@@ -61,11 +61,19 @@ class EvalSpec:
             when any is named, the recipe's test split is compared too (``heldout``).
         limit: score only the first ``limit`` items of each benchmark.
         shots: exemplars per item (``None``: each benchmark's default).
+        chat_template: render multiple-choice prompts with the tokenizer's chat template, as
+            the adapter was trained (off: the plain ``Question ... Answer:`` format of
+            lm-evaluation-harness, comparable with published scores).
     """
 
     benchmarks: tuple[str, ...] = attrs.field(default=(), converter=_benchmarks)
-    limit: int | None = None
-    shots: int | None = None
+    limit: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.ge(1))
+    )
+    shots: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.ge(0))
+    )
+    chat_template: bool = True
 
 
 @attrs.frozen(kw_only=True)
@@ -198,6 +206,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 def write_text_atomic(path: Path, text: str) -> None:
     """Write text to ``path`` through a temporary file in the same folder and a rename."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes owner-only files
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -205,6 +214,20 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process's file-creation mask (read without changing it for long)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_temp_dir(parent: Path, prefix: str) -> Path:
+    """A new folder in ``parent`` with the usual permissions (``mkdtemp`` makes it owner-only)."""
+    folder = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    os.chmod(folder, 0o777 & ~current_umask())
+    return folder
 
 
 def replace_dir_atomic(source: Path, target: Path) -> None:

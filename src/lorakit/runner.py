@@ -7,7 +7,6 @@ import hashlib
 import json
 import math
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +45,7 @@ def run_recipe(
         RunResult,
         checkpoint_step,
         default_run_dir,
+        make_temp_dir,
         prepare_run_dir,
         replace_dir_atomic,
         versions,
@@ -102,11 +102,15 @@ def run_recipe(
     liger_note = apply_liger(loaded.model, training.liger)
     if liger_note:
         fast_notes.append(liger_note)
+    # The memory budget may choose checkpointing even when the recipe has it off.
+    checkpointing = training.gradient_checkpointing or training.max_memory_gb is not None
     model, targets = apply_adapter(
-        loaded.model, recipe.adapter, gradient_checkpointing=training.gradient_checkpointing
+        loaded.model, recipe.adapter, gradient_checkpointing=checkpointing
     )
-    if training.gradient_checkpointing:
-        set_checkpointing(model, training.checkpoint_every)
+    if checkpointing:
+        set_checkpointing(
+            model, training.checkpoint_every if training.gradient_checkpointing else None
+        )
     if training.max_memory_gb is not None:
         training, note = fit_memory_budget(
             model, training, recipe.data.tokenize.max_len, run_dir / "memory_plan.json"
@@ -151,9 +155,10 @@ def run_recipe(
         write_json_atomic(eval_before_file, eval_before)
 
     resume_from = latest_checkpoint(run_dir / "checkpoints") if resuming else None
-    if resume_from is not None:
-        # Records logged after the checkpoint are logged again by the resumed run.
-        keep_metrics_until(run_dir / "metrics.jsonl", checkpoint_step(resume_from))
+    if resuming:
+        # Records logged after the checkpoint (all, without one) are logged again now.
+        step = checkpoint_step(resume_from) if resume_from is not None else 0
+        keep_metrics_until(run_dir / "metrics.jsonl", step)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     best = verify_best_checkpoint(trainer, model) if training.load_best else None
@@ -178,6 +183,15 @@ def run_recipe(
             else None
         )
 
+    adapter_dir = run_dir / "adapter"
+    tmp = make_temp_dir(run_dir, ".adapter-")
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        replace_dir_atomic(tmp, adapter_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
     benchmarks = None
     if recipe.evaluation.benchmarks:
         with progress_for(console, show_progress) as progress:
@@ -185,19 +199,11 @@ def run_recipe(
                 model,
                 tokenizer,
                 recipe,
-                test_rows=list(data.splits.test),
+                test_examples=data.examples["test"],
+                collate=collate,
                 progress=progress,
                 registries=registries,
             )
-
-    adapter_dir = run_dir / "adapter"
-    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".adapter-"))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        replace_dir_atomic(tmp, adapter_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train_losses = [r["loss"] for r in logged if "loss" in r]
@@ -308,28 +314,28 @@ def benchmark_report(
     tokenizer: Any,
     recipe: Recipe,
     *,
-    test_rows: list[Any],
+    test_examples: list[Any],
+    collate: Any,
     progress: Any,
     registries: Any,
 ) -> dict[str, Any]:
-    """Base and adapter on every named benchmark and the test split, with the paired difference."""
-    from lorakit.evaluate.benchmarks import BENCHMARKS, compare, parse_bench, run_benchmark
+    """Base and adapter on every named benchmark, with the paired difference, and the
+    answer-only perplexity of the recipe's test split (as trained: same template, same tokens)."""
+    from lorakit.evaluate.benchmarks import compare, parse_bench, run_benchmark
+    from lorakit.evaluate.perplexity import answer_loss
 
     spec = recipe.evaluation
-    targets: list[tuple[Any, str | None]] = [parse_bench(text) for text in spec.benchmarks]
-    if test_rows:
-        targets.append((BENCHMARKS["heldout"], None))
     out: dict[str, Any] = {}
-    for bench, location in targets:
+    for bench, location in (parse_bench(text) for text in spec.benchmarks):
         kwargs: dict[str, Any] = {
             "limit": spec.limit,
             "shots": spec.shots,
+            "chat_template": spec.chat_template,
+            "batch_size": recipe.training.eval_batch_size,
             "progress": progress,
             "registries": registries,
             "max_len": recipe.data.tokenize.max_len,
         }
-        if location is None:
-            kwargs["rows"] = test_rows
         with model.disable_adapter():  # the very same weights, adapter off
             base = run_benchmark(model, tokenizer, bench, location, **kwargs)
         adapted = run_benchmark(model, tokenizer, bench, location, **kwargs)
@@ -337,6 +343,19 @@ def benchmark_report(
             "base": base.to_dict(),
             "adapter": adapted.to_dict(),
             "compare": compare(base, adapted).to_dict(),
+        }
+    if test_examples:
+        batch = recipe.training.eval_batch_size
+        with model.disable_adapter():
+            base_loss = answer_loss(model, test_examples, collate, batch_size=batch)
+        adapter_loss = answer_loss(model, test_examples, collate, batch_size=batch)
+        out["heldout"] = {
+            "base": base_loss.to_dict(),
+            "adapter": adapter_loss.to_dict(),
+            "compare": {
+                "measure": "perplexity",
+                "delta": adapter_loss.perplexity - base_loss.perplexity,
+            },
         }
     return out
 
@@ -347,7 +366,14 @@ def keep_metrics_until(path: Path, step: int) -> None:
 
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+    lines = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut short when the process was killed mid-write
+            continue
+        if record.get("step", 0) <= step:
+            lines.append(line)
     write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
@@ -476,7 +502,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         ]
         for name, entry in report["benchmarks"].items():
             lines.append(
-                f"| {name} | {entry['adapter']['n']} | {_score(entry['base'])} | "
+                f"| {name} | {entry['adapter'].get('n', entry['adapter'].get('examples'))} | {_score(entry['base'])} | "
                 f"{_score(entry['adapter'])} | {_delta(entry['compare'])} |"
             )
     data = report["data"]

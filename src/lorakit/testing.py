@@ -449,3 +449,24 @@ def isolated_plugin_manager(*plugins: object) -> pluggy.PluginManager:
     from lorakit.plugins import make_plugin_manager
 
     return make_plugin_manager(entry_points=False, plugins=plugins, disabled=())
+
+
+PHI3_MINI_CONFIG: dict[str, Any] = {
+    "vocab_size": 32064,
+    "hidden_size": 3072,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "max_position_embeddings": 4096,
+    "original_max_position_embeddings": 4096,
+    "sliding_window": 2047,
+    "rope_theta": 10000.0,
+    "rms_norm_eps": 1e-5,
+    "bos_token_id": 1,
+    "eos_token_id": 32000,
+    "pad_token_id": 32000,
+    "tie_word_embeddings": False,
+}
+"""Phi-3-mini-4k-instruct's architecture (``config.json``), for full-size models with random
+weights in GPU tests and benchmarks: ``Phi3ForCausalLM(Phi3Config(**PHI3_MINI_CONFIG))``."""

@@ -82,7 +82,9 @@ class TrainingArgs:
         seed: seed of the run (data order, adapter initialisation, dropout).
     """
 
-    epochs: float = attrs.field(default=1.0, converter=float, validator=attrs.validators.gt(0))
+    epochs: float = attrs.field(
+        default=1.0, converter=float, validator=[attrs.validators.gt(0), attrs.validators.lt(1e6)]
+    )
     max_steps: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
     )
@@ -255,7 +257,7 @@ def resolve_optimizer(name: str) -> tuple[str, str | None]:
 class TrainerFactory:
     """Creates the ``transformers.Trainer`` for a run.
 
-    Args:
+    Attributes:
         args: lorakit's training arguments.
         output_dir: where checkpoints go (``run_dir/checkpoints``).
         compute_dtype: ``bfloat16``, ``float16`` or ``float32`` (mixed precision flags follow it).

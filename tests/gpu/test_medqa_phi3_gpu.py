@@ -22,25 +22,10 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
 
+from lorakit.testing import PHI3_MINI_CONFIG  # noqa: E402
+
 GIB = 2**30
 # Phi-3-mini-4k-instruct's architecture.
-PHI3_MINI = {
-    "hidden_size": 3072,
-    "intermediate_size": 8192,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 32,
-    "vocab_size": 32064,
-    "max_position_embeddings": 4096,
-    "original_max_position_embeddings": 4096,
-    "sliding_window": 2047,
-    "rope_theta": 10000.0,
-    "rms_norm_eps": 1e-5,
-    "bos_token_id": 1,
-    "eos_token_id": 32000,
-    "pad_token_id": 32000,
-    "tie_word_embeddings": False,
-}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +38,7 @@ def full_phi3(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("phi3-mini-random")
     torch.manual_seed(0)
     with torch.device("cuda"):
-        model = Phi3ForCausalLM(Phi3Config(**PHI3_MINI)).to(torch.bfloat16)
+        model = Phi3ForCausalLM(Phi3Config(**PHI3_MINI_CONFIG)).to(torch.bfloat16)
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(tiny_phi3_path()).save_pretrained(folder)
     del model
