@@ -129,11 +129,6 @@ def generate_answers(
             )
     if not rows:
         return []
-    import torch
-
-    from lorakit.data.tokenize import stop_token_ids
-    from lorakit.model import disable_cpu_inference_path
-
     prompts = prompt_token_ids(rows, tokenizer, template)
     context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if isinstance(context, int):
@@ -145,6 +140,38 @@ def generate_answers(
                     file=row.origin or None,
                     hint="lower max_new_tokens or shorten the prompt (context, options)",
                 )
+    return generate_from_ids(
+        model,
+        tokenizer,
+        prompts,
+        [row.origin for row in rows],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+    )
+
+
+def generate_from_ids(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[int]],
+    origins: Sequence[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> list[Generation]:
+    """Greedy, left-padded, batched generation from token ids: the loop behind every caller.
+
+    Stops at the tokenizer's and the model's stop ids; keeps a 4-bit model off its CPU
+    inference-only path; restores the model's train/eval mode. One :class:`Generation` per
+    prompt, in prompt order.
+    """
+    import torch
+
+    from lorakit.data.tokenize import stop_token_ids
+    from lorakit.model import disable_cpu_inference_path
+
     stops = sorted(stop_token_ids(tokenizer, extra=_model_stop_ids(model)))
     pad = getattr(tokenizer, "pad_token_id", None)
     pad_id = int(pad) if pad is not None else stops[0]
@@ -153,8 +180,8 @@ def generate_answers(
     disable_cpu_inference_path(model)  # never let an eval forward switch 4-bit layers for good
     was_training = model.training
     model.eval()
-    order = sorted(range(len(rows)), key=lambda i: len(prompts[i]))
-    results: list[Generation | None] = [None] * len(rows)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: list[Generation | None] = [None] * len(prompts)
     stop_set = set(stops)
     try:
         with torch.no_grad():
@@ -183,7 +210,7 @@ def generate_answers(
                 )
                 for row_index, new in zip(chunk, output[:, width:].tolist(), strict=True):
                     results[row_index] = _finish(
-                        new, stop_set, tokenizer, rows[row_index].origin, max_new_tokens
+                        new, stop_set, tokenizer, origins[row_index], max_new_tokens
                     )
                 if progress is not None:
                     progress(len(chunk))
