@@ -51,6 +51,8 @@ from lorakit.data.rows import LETTERS
 from lorakit.errors import ConfigError, DataError, did_you_mean
 from lorakit.evaluate.base import MetricResult, accuracy_result, item_id
 from lorakit.evaluate.stats import wilson_interval
+from lorakit.evaluate.text import REFERRAL_PATTERNS as _TEXT_REFERRALS
+from lorakit.evaluate.text import REFUSAL_PATTERNS as _TEXT_REFUSALS
 
 if TYPE_CHECKING:
     from lorakit.data.rows import QARow
@@ -93,17 +95,9 @@ matches ``B``, ``B.``, ``(B)``, ``Answer: B``, ``**B**``; not the ``A`` of ``Asp
 sentence starting with the article "A" is read as option A (a known limitation)."""
 
 REFUSAL_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
-    re.compile(p, re.IGNORECASE)
-    for p in (
-        r"\bI(?:\s+am|['’]m)?\s+(?:cannot|can\s*not|can['’]t|won['’]t|unable\s+to|not\s+able\s+to)\b",
-        r"\bas an AI\b",
-        r"\bI(?:\s+am|['’]m)\s+(?:sorry|not\s+(?:a\s+(?:doctor|physician)|qualified))\b",
-        r"\b(?:consult|see|ask|talk\s+to|speak\s+(?:to|with))\s+(?:a|your)\s+"
-        r"(?:doctor|physician|health\s*care|medical|qualified)",
-        r"\bnot\s+(?:able|allowed|permitted)\s+to\s+(?:provide|give)\s+medical\s+advice\b",
-    )
+    re.compile(p, re.IGNORECASE) for p in (*_TEXT_REFUSALS, *_TEXT_REFERRALS)
 )
-"""Patterns of a refusal (case-insensitive). A reply that names no option and matches one
+"""Patterns of a refusal (case-insensitive), the free-text metrics' refusals and referrals. A reply that names no option and matches one
 counts as ``refusal`` rather than ``no_parsable_answer``; a reply that names an option is scored
 on that option even when it also carries a disclaimer."""
 
@@ -756,7 +750,8 @@ def parse_reply(reply: str, row: QARow, choices: ChoiceStyle = "letters") -> tup
         index = reader()
         if index >= 0:
             return index, None
-    if any(pattern.search(text) for pattern in REFUSAL_PATTERNS):
+    plain = text.replace("\u2019", "'").replace("\u2018", "'")
+    if any(pattern.search(plain) for pattern in REFUSAL_PATTERNS):
         return -1, "refusal"
     return -1, "no_parsable_answer"
 
