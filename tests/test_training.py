@@ -275,3 +275,43 @@ def test_run_report_scores_benchmarks_for_base_and_adapter(shared_data, tmp_path
         result.report["test"]["perplexity"], rel=1e-4
     )
     assert "| mmlu_medical | 12 |" in (result.run_dir / "report.md").read_text()
+
+
+def test_resume_refuses_data_that_changed(tmp_path):
+    from lorakit.presets import DEMO_DATA
+
+    data = tmp_path / "qa.jsonl"
+    data.write_text(DEMO_DATA.read_text(encoding="utf-8"), encoding="utf-8")
+    recipe = medqa_phi3_tiny.with_overrides(
+        {
+            "data.source": f"jsonl:{data}",
+            "training.max_steps": 10,
+            "training.eval_steps": 5,
+            "training.save_steps": 5,
+        }
+    )
+
+    class StopAtSeven:
+        @hookimpl
+        def lorakit_trainer_callbacks(self, recipe):
+            from transformers import TrainerCallback
+
+            class Stop(TrainerCallback):
+                def on_step_end(self, args, state, control, **kw):
+                    if state.global_step == 7:
+                        raise KeyboardInterrupt
+
+            return [Stop()]
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        recipe.run(
+            run_dir,
+            plugin_manager=make_plugin_manager(plugins=[StopAtSeven()], disabled=()),
+            show_progress=False,
+        )
+    assert (run_dir / "checkpoints" / "checkpoint-5").is_dir()
+    lines = data.read_text(encoding="utf-8").splitlines()
+    data.write_text("\n".join(lines[:-10]) + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="the data changed since this run started"):
+        recipe.run(run_dir, show_progress=False)

@@ -110,7 +110,9 @@ def _type_ok(value: Any, annotation: Any) -> bool:
 
 
 def _parse_options(text: str, key: str) -> dict[str, Any]:
-    """``"system=Be brief,include_context=false"`` -> options with numbers and booleans parsed."""
+    """``"system=Be brief,include_context=false"`` -> options, values parsed as cleaner options are."""
+    from lorakit.data.cleaners import _parse_value
+
     options: dict[str, Any] = {}
     for part in text.split(","):
         if not part.strip():
@@ -120,20 +122,7 @@ def _parse_options(text: str, key: str) -> dict[str, Any]:
             raise ConfigError(
                 f"{part!r} is not NAME=VALUE", field=key, hint="e.g. name=value,other=2"
             )
-        value: Any = raw.strip()
-        lowered = value.lower()
-        if lowered in ("true", "false"):
-            value = lowered == "true"
-        elif lowered in ("none", "null"):
-            value = None
-        else:
-            for number in (int, float):
-                try:
-                    value = number(value)
-                    break
-                except ValueError:
-                    continue
-        options[name.strip()] = value
+        options[name.strip()] = _parse_value(raw.strip())
     return options
 
 

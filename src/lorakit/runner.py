@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lorakit.errors import LorakitError
+from lorakit.errors import ConfigError, LorakitError
 
 if TYPE_CHECKING:
     from lorakit.recipe import Recipe, RunResult
@@ -76,7 +76,19 @@ def run_recipe(
     tokenizer = loaded.tokenizer
     with progress_for(console, show_progress) as progress:
         data = prepare_data(recipe.data, tokenizer, registries=registries, progress=progress)
-    write_json_atomic(run_dir / "data_report.json", data.report.to_dict())
+    digest = data_hash(data.examples)
+    report_file = run_dir / "data_report.json"
+    if resuming and report_file.exists():
+        earlier = json.loads(report_file.read_text(encoding="utf-8")).get("data_hash")
+        if earlier not in (None, digest):
+            raise ConfigError(
+                "the data changed since this run started: the checkpoints were trained on "
+                "other examples",
+                file=str(run_dir),
+                field="data.source",
+                hint="restore the data the run started with, or start a new --run-dir",
+            )
+    write_json_atomic(report_file, {**data.report.to_dict(), "data_hash": digest})
     data_notes = []
     if data.report.zero_supervised:
         data_notes.append(
@@ -239,7 +251,7 @@ def run_recipe(
             "versions": versions(),
             "device": loaded.device,
             "compute_dtype": loaded.compute_dtype,
-            "data_hash": data_hash(data.examples),
+            "data_hash": digest,
             "template_hash": template_hash(tokenizer, recipe),
         },
     }
@@ -260,7 +272,6 @@ def fit_memory_budget(model: Any, training: Any, max_len: int, plan_file: Path) 
     import attrs
     import torch
 
-    from lorakit.errors import ConfigError
     from lorakit.fast import MemoryPlan, plan_memory, set_checkpointing
     from lorakit.recipe import write_json_atomic
 

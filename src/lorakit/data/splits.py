@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import attrs
 
+from lorakit.data.cleaners import _label
 from lorakit.data.minhash import LSHIndex, MinHasher, normalize_text
 from lorakit.data.rows import QARow
 from lorakit.errors import ConfigError, did_you_mean
@@ -286,14 +287,6 @@ def split_rows(rows: Iterable[QARow], spec: SplitSpec | None = None) -> Splits:
 
 
 # --------------------------------------------------------------------------- overlap
-
-
-def _label(row: QARow, position: int) -> str:
-    if row.origin:
-        return row.origin
-    if row.id:
-        return f"id {row.id}"
-    return f"row {position}"
 
 
 @attrs.frozen
