@@ -75,32 +75,26 @@ medqa_phi3_speed = medqa_phi3.with_overrides(
 over packed 16k-token micro-batches (about 75 GiB on Phi-3-mini). Same tokens per step as
 ``medqa_phi3``."""
 
-medqa_phi3_tiny = Recipe(
-    name="medqa_phi3_tiny",
-    model=ModelSpec(name=TINY_PHI3, quant=NF4),
-    adapter=SEED_ADAPTER,
-    data=DataSpec(
-        source=f"jsonl:{DEMO_DATA}",
-        fields={"category": "qtype"},
-        split=SplitSpec(eval_fraction=0.15, test_fraction=0.1, group_by="focus", seed=0),
-        tokenize=TokenizeSpec(max_len=256),
-    ),
-    training=TrainingArgs(
-        max_steps=60,
-        batch_size=4,
-        grad_accum=1,
+medqa_phi3_tiny = medqa_phi3.with_overrides(
+    {
+        "name": "medqa_phi3_tiny",
+        "model.name": TINY_PHI3,
+        "data.source": f"jsonl:{DEMO_DATA}",
+        "data.fields": {"category": "qtype"},
+        "data.split.eval_fraction": 0.15,
+        "data.split.test_fraction": 0.1,
+        "data.split.group_by": "focus",
+        "data.tokenize.max_len": 256,
+        "training.max_steps": 60,
+        "training.grad_accum": 1,
         # Two demo rows of up to 256 tokens per packed micro-batch: fast on a CPU.
-        tokens_per_batch=512,
-        eval_batch_size=16,
-        learning_rate=1e-2,
-        optimizer="paged_adamw_8bit",
-        scheduler="cosine",
-        warmup_steps=100,
-        eval_steps=20,
-        save_steps=20,
-        logging_steps=5,
-        load_best=True,
-    ),
+        "training.tokens_per_batch": 512,
+        "training.eval_batch_size": 16,
+        "training.learning_rate": 1e-2,
+        "training.eval_steps": 20,
+        "training.save_steps": 20,
+        "training.logging_steps": 5,
+    }
 )
 """The same pipeline, offline in minutes on a CPU: the tiny built-in Phi-3 and the demo set."""
 
