@@ -35,6 +35,7 @@ def test_eval_every_benchmark_with_compare(tiny_phi3, adapter_dir, shared_data):
         "--bench", f"pubmedqa:{shared_data}/pubmedqa/ori_pqal_train.json",
         "--bench", f"mmlu_medical:{shared_data}/mmlu/dev",
         "--bench", f"heldout:medquad:{shared_data}/medquad/5_NIDDK_QA",
+        "--metric", "token_f1", "--metric", "rouge_l", "--max-new-tokens", "8",
         "--limit", "6", "--compare", "--json",
     ]  # fmt: skip
     result = CliRunner().invoke(main, args, catch_exceptions=False)
@@ -54,9 +55,25 @@ def test_eval_every_benchmark_with_compare(tiny_phi3, adapter_dir, shared_data):
             assert 0 <= record["ci_low"] <= record["accuracy"] <= record["ci_high"] <= 1
     # The adapter changes the model, so the heldout perplexity of base and adapter differ.
     assert lines[-1]["compare"]["delta"] != 0
+    free_text = lines[-1]["free_text"]
+    assert free_text["n"] == 6 and set(free_text["metrics"]) == {"token_f1", "rouge_l"}
+    for score in free_text["metrics"].values():
+        assert 0 <= score["ci_low"] <= score["mean"] <= score["ci_high"] <= 1
+    assert free_text["errors"]["answer_truncated"] <= 6
+    assert "free_text" not in lines[0]  # only the heldout benchmark generates
     table = CliRunner(env={"COLUMNS": "200"}).invoke(main, [*args[:-1], "--no-progress"])
     assert table.exit_code == 0, table.output
     assert "mmlu_medical" in table.output and "(base)" in table.output
+    assert "generated answers (n 6)" in table.output and "rouge_l" in table.output
+
+
+def test_eval_refuses_a_model_metric_as_text_metric(tiny_phi3, shared_data):
+    result = CliRunner().invoke(
+        main,
+        ["eval", "--model", str(tiny_phi3), "--quant", "none", "--limit", "2",
+         "--bench", f"heldout:medquad:{shared_data}/medquad/5_NIDDK_QA", "--metric", "perplexity"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "scores a model, not a generated text" in result.output
 
 
 def test_eval_rejects_an_adapter_of_another_base(adapter_dir, shared_data, tmp_path):

@@ -530,3 +530,14 @@ def test_template_options_and_cleaner_chains_from_strings():
     }
     assert [c.name for c in recipe.data.cleaners] == ["normalize_whitespace", "near_dedup"]
     assert dict(recipe.data.cleaners[1].options) == {"threshold": 0.85, "ngram": 3}
+
+
+def test_every_setting_is_documented():
+    from lorakit.overrides import dotted_keys
+    from lorakit.presets import medqa_phi3
+
+    text = (
+        Path(__file__).resolve().parents[1] / "docs" / "reference" / "configuration.md"
+    ).read_text()
+    missing = [key for key in dotted_keys(medqa_phi3) if f"`{key}`" not in text]
+    assert not missing, f"settings missing from docs/reference/configuration.md: {missing}"

@@ -257,6 +257,8 @@ def test_run_report_scores_benchmarks_for_base_and_adapter(shared_data, tmp_path
             "training.save_steps": 5,
             "evaluation.benchmarks": f"mmlu_medical:{shared_data / 'mmlu' / 'dev'}",
             "evaluation.limit": 12,
+            "evaluation.metrics": "token_f1,rouge_l",
+            "evaluation.max_new_tokens": 16,
         }
     )
     result = recipe.run(tmp_path / "bench", show_progress=False)
@@ -275,6 +277,13 @@ def test_run_report_scores_benchmarks_for_base_and_adapter(shared_data, tmp_path
         result.report["test"]["perplexity"], rel=1e-4
     )
     assert "| mmlu_medical | 12 |" in (result.run_dir / "report.md").read_text()
+    for side in ("base", "adapter"):
+        scores = heldout[side]["free_text"]
+        assert scores["n"] == min(
+            12, len(result.report["test"] and [0] * result.report["test"]["examples"])
+        )
+        assert set(scores["metrics"]) == {"token_f1", "rouge_l"}
+    assert "| token_f1 |" in (result.run_dir / "report.md").read_text()
 
 
 def test_resume_refuses_data_that_changed(tmp_path):

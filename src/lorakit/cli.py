@@ -210,6 +210,14 @@ def _eval_table(title: str, results: list[Any], comparisons: dict[str, Any]) -> 
     show_default=True,
     help="Base weights as in training (QLoRA adapters were trained on the 4-bit base).",
 )
+@click.option(
+    "--metric",
+    "text_metrics",
+    multiple=True,
+    help="For heldout: generate answers and score them with this text metric "
+    "(token_f1, rouge_l, exact_match, embedding_similarity, or a plugin's); repeatable.",
+)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--compare", is_flag=True, help="Score the base model too; report the delta.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per benchmark.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
@@ -223,6 +231,8 @@ def eval_command(
     mode: str,
     batch_size: int,
     quant: str,
+    text_metrics: tuple[str, ...],
+    max_new_tokens: int,
     compare: bool,
     as_json: bool,
     no_progress: bool,
@@ -261,6 +271,8 @@ def eval_command(
         "mode": mode,
         "batch_size": batch_size,
         "registries": registries,
+        "text_metrics": text_metrics,
+        "max_new_tokens": max_new_tokens,
     }
     results, base_results, comparisons = [], [], {}
     with progress_for(console, not no_progress and not as_json) as progress:
@@ -290,6 +302,23 @@ def eval_command(
     if compare:
         out.print(_eval_table(f"{model_name} (base)", base_results, {}))
     out.print(_eval_table(title, results, comparisons))
+    for label, group in (("base", base_results), ("", results)):
+        for result in group:
+            if result.free_text:
+                out.print(_free_text_table(f"{result.bench} {label}".strip(), result.free_text))
+
+
+def _free_text_table(title: str, scores: Any) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"{title}: generated answers (n {scores['n']})", title_justify="left")
+    for column in ("metric", "mean", "95% CI"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for name, value in scores["metrics"].items():
+        table.add_row(name, f"{value['mean']:.3f}", f"{value['ci_low']:.3f}-{value['ci_high']:.3f}")
+    errors = ", ".join(f"{k} {v}" for k, v in scores["errors"].items() if v) or "none"
+    table.caption = f"errors: {errors}"
+    return table
 
 
 @main.group("data")

@@ -64,6 +64,9 @@ class EvalSpec:
         chat_template: render multiple-choice prompts with the tokenizer's chat template, as
             the adapter was trained (off: the plain ``Question ... Answer:`` format of
             lm-evaluation-harness, comparable with published scores).
+        metrics: text metrics (``token_f1``, ``rouge_l`` ...) for answers that base and adapter
+            generate to the test split's questions (the first ``limit``).
+        max_new_tokens: the longest generated answer.
     """
 
     benchmarks: tuple[str, ...] = attrs.field(default=(), converter=_benchmarks)
@@ -74,6 +77,8 @@ class EvalSpec:
         default=None, validator=attrs.validators.optional(attrs.validators.ge(0))
     )
     chat_template: bool = True
+    metrics: tuple[str, ...] = ()
+    max_new_tokens: int = attrs.field(default=256, validator=attrs.validators.ge(1))
 
 
 @attrs.frozen(kw_only=True)

@@ -205,13 +205,14 @@ def run_recipe(
         shutil.rmtree(tmp, ignore_errors=True)
 
     benchmarks = None
-    if recipe.evaluation.benchmarks:
+    if recipe.evaluation.benchmarks or recipe.evaluation.metrics:
         with progress_for(console, show_progress) as progress:
             benchmarks = benchmark_report(
                 model,
                 tokenizer,
                 recipe,
                 test_examples=data.examples["test"],
+                test_rows=list(data.splits.test),
                 collate=collate,
                 progress=progress,
                 registries=registries,
@@ -326,13 +327,14 @@ def benchmark_report(
     recipe: Recipe,
     *,
     test_examples: list[Any],
+    test_rows: list[Any],
     collate: Any,
     progress: Any,
     registries: Any,
 ) -> dict[str, Any]:
     """Base and adapter on every named benchmark, with the paired difference, and the
     answer-only perplexity of the recipe's test split (as trained: same template, same tokens)."""
-    from lorakit.evaluate.benchmarks import compare, parse_bench, run_benchmark
+    from lorakit.evaluate.benchmarks import compare, parse_bench, run_benchmark, score_generated
     from lorakit.evaluate.perplexity import answer_loss
 
     spec = recipe.evaluation
@@ -368,6 +370,20 @@ def benchmark_report(
                 "delta": adapter_loss.perplexity - base_loss.perplexity,
             },
         }
+        if spec.metrics:
+            rows = test_rows[: spec.limit] if spec.limit else test_rows
+            options: dict[str, Any] = {
+                "registries": registries,
+                "max_new_tokens": spec.max_new_tokens,
+                "batch_size": batch,
+            }
+            with model.disable_adapter():
+                base_text = score_generated(model, tokenizer, rows, spec.metrics, **options)
+            adapter_text = score_generated(model, tokenizer, rows, spec.metrics, **options)
+            for side, scores in (("base", base_text), ("adapter", adapter_text)):
+                out["heldout"][side]["free_text"] = {
+                    k: v for k, v in scores.items() if k != "items"
+                }
     return out
 
 
@@ -515,6 +531,22 @@ def report_markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"| {name} | {entry['adapter'].get('n', entry['adapter'].get('examples'))} | {_score(entry['base'])} | "
                 f"{_score(entry['adapter'])} | {_delta(entry['compare'])} |"
+            )
+    heldout = (report.get("benchmarks") or {}).get("heldout", {})
+    if "free_text" in heldout.get("adapter", {}):
+        base_text, adapter_text = heldout["base"]["free_text"], heldout["adapter"]["free_text"]
+        lines += [
+            "",
+            f"Generated answers to {adapter_text['n']} test questions:",
+            "",
+            "| metric | base (95 % CI) | adapter (95 % CI) |",
+            "|---|---|---|",
+        ]
+        for name, value in adapter_text["metrics"].items():
+            b = base_text["metrics"][name]
+            lines.append(
+                f"| {name} | {b['mean']:.3f} ({b['ci_low']:.3f}-{b['ci_high']:.3f}) | "
+                f"{value['mean']:.3f} ({value['ci_low']:.3f}-{value['ci_high']:.3f}) |"
             )
     data = report["data"]
     lines += [

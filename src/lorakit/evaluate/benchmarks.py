@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -58,6 +58,7 @@ __all__ = [
     "load_benchmark",
     "parse_bench",
     "run_benchmark",
+    "score_generated",
 ]
 
 BenchMetric = Literal["mcq_accuracy", "perplexity"]
@@ -271,6 +272,8 @@ class BenchmarkResult:
         mode: ``"loglikelihood"``, ``"generate"`` or ``"perplexity"``.
         seconds: time spent scoring (reading the files not included).
         metric: the full :class:`~lorakit.evaluate.base.MetricResult` (per-item choices).
+        free_text: for ``heldout`` with text metrics: generated answers scored against the
+            references (:func:`score_generated`), else ``None``.
     """
 
     bench: str
@@ -288,6 +291,7 @@ class BenchmarkResult:
     mode: str
     seconds: float
     metric: MetricResult
+    free_text: Mapping[str, Any] | None = None
 
     @property
     def items_per_second(self) -> float:
@@ -315,7 +319,67 @@ class BenchmarkResult:
         for key in ("acc_norm_ci_low", "acc_norm_ci_high", "loss", "tokens"):
             if key in self.metric.extra:
                 out[key] = self.metric.extra[key]
+        if self.free_text is not None:
+            out["free_text"] = {k: v for k, v in self.free_text.items() if k != "items"}
         return out
+
+
+def score_generated(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[QARow],
+    metric_names: Sequence[str],
+    *,
+    registries: Registries | None = None,
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Generate an answer to every row (greedy, the ``qa`` template) and score it against the
+    row's reference answer with the named text metrics: mean, 95 % interval, error counts.
+
+    Raises:
+        ConfigError: a name that is not a registered text metric (``perplexity`` and
+            ``mcq_accuracy`` score a model, not a text).
+    """
+    from lorakit.data.templates import qa_template
+    from lorakit.evaluate.generate import generate_answers
+    from lorakit.evaluate.text import score_free_text
+
+    if registries is None:
+        from lorakit.plugins import Registries as _Registries
+
+        registries = _Registries.from_plugin_manager()
+    text_names = [
+        n
+        for n in registries.metrics.names()
+        if not hasattr(registries.metrics.resolve(n), "evaluate")
+    ]
+    metrics = {}
+    for name in metric_names:
+        metric = registries.metrics.resolve(name)
+        if hasattr(metric, "evaluate"):
+            raise ConfigError(
+                f"{name!r} scores a model, not a generated text",
+                field="metric",
+                hint=f"text metrics: {', '.join(text_names)}",
+            )
+        metrics[name] = metric
+    generations = generate_answers(
+        model,
+        tokenizer,
+        rows,
+        qa_template(),
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    return score_free_text(
+        [g.text for g in generations],
+        [row.answer for row in rows],
+        metrics,
+        truncated=[g.truncated for g in generations],
+    )
 
 
 def run_benchmark(
@@ -333,6 +397,8 @@ def run_benchmark(
     max_length: int | None = None,
     chat_template: bool = False,
     max_len: int = 1024,
+    text_metrics: Sequence[str] = (),
+    max_new_tokens: int = 256,
     progress: ProgressReporter | None = None,
     registries: Registries | None = None,
 ) -> BenchmarkResult:
@@ -353,6 +419,9 @@ def run_benchmark(
         max_length: the model's context length for MCQ scoring (default: from its config).
         chat_template: render MCQ prompts with the tokenizer's chat template.
         max_len: tokens per example for perplexity (``heldout``).
+        text_metrics: for ``heldout``: also generate answers and score them with these
+            registered text metrics (``token_f1``, ``rouge_l`` ...).
+        max_new_tokens: the longest generated answer, with ``text_metrics``.
         progress: a :class:`~lorakit.reporting.ProgressReporter`; one task per benchmark.
         registries: where source schemes are looked up.
 
@@ -396,6 +465,23 @@ def run_benchmark(
         metric = Perplexity().evaluate(
             model, tokenizer, items, max_len=max_len, batch_size=batch_size, progress=advance
         )
+        free_text = None
+        if text_metrics:
+            generating = (
+                progress.task(f"Generating {bench.name}", len(items))
+                if progress is not None
+                else None
+            )
+            free_text = score_generated(
+                model,
+                tokenizer,
+                items,
+                text_metrics,
+                registries=registries,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                progress=generating,
+            )
         seconds = time.perf_counter() - started
         return BenchmarkResult(
             bench=bench.name,
@@ -413,6 +499,7 @@ def run_benchmark(
             mode="perplexity",
             seconds=seconds,
             metric=metric,
+            free_text=free_text,
         )
     spec = MCQSpec(
         choices=choices or bench.choices,
