@@ -73,6 +73,10 @@ def test_best_checkpoint_is_the_one_loaded(finished_run):
     best_step = min(evals, key=evals.get)
     assert result.report["best"]["step"] == best_step
     assert result.report["best"]["verified"] is True
+    # The best checkpoint is chosen by the report's own measure: token-weighted answer-only loss.
+    assert result.report["best"]["eval_loss"] == pytest.approx(
+        result.report["eval"]["loss"], rel=1e-6
+    )
     best = load_file(
         result.run_dir / "checkpoints" / f"checkpoint-{best_step}" / "adapter_model.safetensors"
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -414,7 +415,37 @@ def _watchdog_trainer_class() -> type:
     from transformers import Trainer
 
     class LorakitTrainer(Trainer):
-        """A Trainer that stops with :class:`TrainingDiverged` on a NaN or infinite loss."""
+        """A Trainer that stops with :class:`TrainingDiverged` on a NaN or infinite loss, and
+        evaluates with lorakit's token-weighted answer-only loss, so that the best checkpoint
+        is chosen by the same number the run report gives."""
+
+        def evaluate(
+            self,
+            eval_dataset: Any = None,
+            ignore_keys: Any = None,
+            metric_key_prefix: str = "eval",
+        ) -> dict[str, float]:
+            from lorakit.evaluate.perplexity import answer_loss
+
+            started = time.perf_counter()
+            dataset: Any = self.eval_dataset if eval_dataset is None else eval_dataset
+            result = answer_loss(
+                self.model,
+                dataset.examples,
+                self.data_collator,
+                batch_size=self.args.per_device_eval_batch_size,
+            )
+            metrics = {
+                f"{metric_key_prefix}_loss": result.loss,
+                f"{metric_key_prefix}_perplexity": result.perplexity,
+                f"{metric_key_prefix}_tokens": float(result.tokens),
+                f"{metric_key_prefix}_runtime": round(time.perf_counter() - started, 4),
+            }
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(
+                self.args, self.state, self.control, metrics
+            )
+            return metrics
 
         def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
             loss = super().training_step(model, inputs, num_items_in_batch)
