@@ -227,3 +227,58 @@ def test_hook_lorakit_run_end(recorded_run):
     assert _names(calls)[-1] == "run_end"
     assert calls[-1][1]["result"] is result
     assert (result.run_dir / "report.json").is_file()
+
+
+def test_hook_lorakit_run_failed(tmp_path):
+    from lorakit.presets import medqa_phi3_tiny
+
+    class Fail:
+        def __init__(self):
+            self.calls = []
+
+        @hookimpl
+        def lorakit_load_model(self, spec):
+            raise RuntimeError("no model today")
+
+        @hookimpl
+        def lorakit_run_failed(self, recipe, run_dir, error):
+            self.calls.append((recipe, run_dir, error))
+
+        @hookimpl
+        def lorakit_run_end(self, result):
+            self.calls.append(("end", result))
+
+    plugin = Fail()
+    pm = make_plugin_manager(entry_points=False, plugins=[plugin], disabled=())
+    with pytest.raises(RuntimeError, match="no model today"):
+        medqa_phi3_tiny.run(tmp_path / "run", plugin_manager=pm, show_progress=False)
+    [(recipe, run_dir, error)] = plugin.calls
+    assert recipe == medqa_phi3_tiny and run_dir == tmp_path / "run"
+    assert isinstance(error, RuntimeError)
+    assert not (run_dir / "report.json").exists()
+
+
+def test_bad_settings_fail_before_the_model_loads(tmp_path, shared_data):
+    from lorakit import ConfigError, DataError
+    from lorakit.presets import medqa_phi3_tiny
+
+    class NoModel:
+        @hookimpl
+        def lorakit_load_model(self, spec):
+            raise AssertionError("the model was loaded before the settings were checked")
+
+    pm = make_plugin_manager(entry_points=False, plugins=[NoModel()], disabled=())
+    bad = [
+        ({"data.template_options": "sytem=x"}, ConfigError, "did you mean 'system'"),
+        (
+            {"evaluation.benchmarks": f"medqa:{tmp_path / 'missing.jsonl'}"},
+            DataError,
+            "missing.jsonl",
+        ),
+        ({"evaluation.metrics": "rouge"}, ConfigError, "did you mean 'rouge_l'"),
+    ]
+    for n, (overrides, error, message) in enumerate(bad):
+        with pytest.raises(error, match=message):
+            medqa_phi3_tiny.with_overrides(overrides).run(
+                tmp_path / f"r{n}", plugin_manager=pm, show_progress=False
+            )

@@ -108,5 +108,11 @@ def lorakit_log_metrics(metrics: dict[str, Any], step: int) -> None:
 
 
 @hookspec
+def lorakit_run_failed(recipe: Recipe, run_dir: Path, error: BaseException) -> None:
+    """Called when a run that started stops with an error (including ``KeyboardInterrupt``),
+    before the error propagates; no report is written. Return nothing."""
+
+
+@hookspec
 def lorakit_run_end(result: RunResult) -> None:
     """Called after a run finished and its report is written. Return nothing."""

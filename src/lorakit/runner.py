@@ -33,27 +33,8 @@ def run_recipe(
     """
     from rich.console import Console
 
-    from lorakit.adapter import apply_adapter
-    from lorakit.data.cleaners import check_cleaners
-    from lorakit.data.pipeline import prepare_data
-    from lorakit.data.sources import read_source
-    from lorakit.evaluate.perplexity import answer_loss
-    from lorakit.fast import apply_liger, set_checkpointing
-    from lorakit.model import QuantizedModelBuilder
     from lorakit.plugins import Registries, make_plugin_manager
-    from lorakit.recipe import (
-        RunResult,
-        checkpoint_step,
-        default_run_dir,
-        make_temp_dir,
-        prepare_run_dir,
-        replace_dir_atomic,
-        versions,
-        write_json_atomic,
-        write_text_atomic,
-    )
-    from lorakit.reporting import progress_for
-    from lorakit.train import QACollator, TrainerFactory, metrics_callback, progress_callback
+    from lorakit.recipe import default_run_dir, prepare_run_dir
 
     started = dt.datetime.now(dt.timezone.utc)
     pm = plugin_manager if plugin_manager is not None else make_plugin_manager()
@@ -62,6 +43,43 @@ def run_recipe(
     resuming = prepare_run_dir(run_dir, recipe)
     console = Console(stderr=True)
     pm.hook.lorakit_run_start(recipe=recipe, run_dir=run_dir)
+    try:
+        return _train(recipe, run_dir, pm, registries, resuming, console, show_progress, started)
+    except BaseException as error:
+        pm.hook.lorakit_run_failed(recipe=recipe, run_dir=run_dir, error=error)
+        raise
+
+
+def _train(
+    recipe: Recipe,
+    run_dir: Path,
+    pm: Any,
+    registries: Any,
+    resuming: bool,
+    console: Any,
+    show_progress: bool,
+    started: dt.datetime,
+) -> RunResult:
+    """Everything between ``lorakit_run_start`` and the report (see :func:`run_recipe`)."""
+    from lorakit.adapter import apply_adapter
+    from lorakit.data.cleaners import check_cleaners
+    from lorakit.data.pipeline import prepare_data
+    from lorakit.data.sources import read_source
+    from lorakit.evaluate.benchmarks import load_benchmark, parse_bench
+    from lorakit.evaluate.perplexity import answer_loss
+    from lorakit.fast import apply_liger, set_checkpointing
+    from lorakit.model import QuantizedModelBuilder
+    from lorakit.recipe import (
+        RunResult,
+        checkpoint_step,
+        make_temp_dir,
+        replace_dir_atomic,
+        versions,
+        write_json_atomic,
+        write_text_atomic,
+    )
+    from lorakit.reporting import progress_for
+    from lorakit.train import QACollator, TrainerFactory, metrics_callback, progress_callback
 
     # Bad data settings fail here, in a second, not after the model has loaded.
     check_cleaners(recipe.data.cleaners, registries.cleaners)
@@ -69,6 +87,11 @@ def run_recipe(
         iter(read_source(recipe.data.source, fields=recipe.data.fields, registries=registries)),
         None,
     )
+    registries.templates.resolve(recipe.data.template)(**recipe.data.template_options)
+    for text in recipe.evaluation.benchmarks:
+        load_benchmark(*parse_bench(text), limit=1, registries=registries)
+    for name in recipe.evaluation.metrics:
+        registries.metrics.resolve(name)
 
     loaded = QuantizedModelBuilder(recipe.model, plugin_manager=pm).build()
     for note in loaded.notes:
