@@ -26,7 +26,7 @@ import numpy as np
 
 from lorakit.errors import ConfigError
 
-__all__ = ["BootstrapResult", "paired_bootstrap", "wilson_interval", "z_value"]
+__all__ = ["BootstrapResult", "bootstrap_means", "paired_bootstrap", "wilson_interval", "z_value"]
 
 _MAX_CELLS = 4_000_000  # resamples x items per vectorised chunk (32 MB of int64 indices)
 
@@ -186,15 +186,9 @@ def paired_bootstrap(
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed must be an integer, got {seed!r}", field="seed")
     diff = second - first
-    rng = np.random.default_rng(seed)
-    deltas = np.empty(resamples, dtype=np.float64)
-    chunk = max(1, _MAX_CELLS // n)
-    for start in range(0, resamples, chunk):
-        size = min(chunk, resamples - start)
-        index = rng.integers(0, n, size=(size, n))
-        deltas[start : start + size] = diff[index].mean(axis=1)
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(deltas, [tail, 1.0 - tail])
+    [(low, high)] = bootstrap_means(
+        diff[None, :], confidence=confidence, resamples=resamples, seed=seed
+    )
     return BootstrapResult(
         n=n,
         mean_a=float(first.mean()),
@@ -206,3 +200,29 @@ def paired_bootstrap(
         resamples=resamples,
         seed=seed,
     )
+
+
+def bootstrap_means(
+    values: np.ndarray[Any, Any], *, confidence: float, resamples: int, seed: int
+) -> list[tuple[float, float]]:
+    """Percentile intervals of the mean of each row of ``values`` (rows x items).
+
+    Every row is resampled with the same item indices (drawn in vectorised chunks from
+    ``numpy.random.default_rng(seed)``), so the intervals of several metrics, or of a paired
+    difference, come from the same resampled item sets.
+    """
+    if resamples < 1:
+        raise ConfigError(f"resamples must be at least 1, got {resamples!r}", field="resamples")
+    n = values.shape[1]
+    rng = np.random.default_rng(seed)
+    means = np.empty((values.shape[0], resamples), dtype=np.float64)
+    step = max(1, _MAX_CELLS // n)
+    for start in range(0, resamples, step):
+        count = min(step, resamples - start)
+        index = rng.integers(0, n, size=(count, n))
+        for row in range(values.shape[0]):
+            means[row, start : start + count] = values[row][index].mean(axis=1)
+    tail = (1.0 - confidence) / 2.0
+    lows = np.quantile(means, tail, axis=1)
+    highs = np.quantile(means, 1.0 - tail, axis=1)
+    return [(float(lo), float(hi)) for lo, hi in zip(lows, highs, strict=True)]

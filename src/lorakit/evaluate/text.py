@@ -466,36 +466,11 @@ def bootstrap_ci(
         raise ConfigError("cannot compute an interval over zero items")
     if not 0.0 < confidence < 1.0:
         raise ConfigError(f"confidence must be between 0 and 1, got {confidence!r}")
+    from lorakit.evaluate.stats import bootstrap_means
+
     values = np.asarray(scores, dtype=np.float64)[None, :]
-    low, high = _bootstrap(values, confidence=confidence, resamples=resamples, seed=seed)[0]
+    low, high = bootstrap_means(values, confidence=confidence, resamples=resamples, seed=seed)[0]
     return low, high
-
-
-def _bootstrap(
-    values: Any, *, confidence: float, resamples: int, seed: int
-) -> list[tuple[float, float]]:
-    """Percentile intervals of the mean of each row of ``values`` (metrics x items).
-
-    Every row is resampled with the same item indices, so intervals of several metrics come
-    from the same resampled item sets.
-    """
-    import numpy as np
-
-    if resamples < 1:
-        raise ConfigError(f"resamples must be at least 1, got {resamples!r}")
-    n = values.shape[1]
-    rng = np.random.default_rng(seed)
-    means = np.empty((values.shape[0], resamples), dtype=np.float64)
-    step = max(1, 4_000_000 // n)  # resamples per chunk: at most ~32 MB of indices at a time
-    for start in range(0, resamples, step):
-        count = min(step, resamples - start)
-        index = rng.integers(0, n, size=(count, n))
-        for row in range(values.shape[0]):
-            means[row, start : start + count] = values[row][index].mean(axis=1)
-    alpha = (1.0 - confidence) / 2.0
-    lows = np.quantile(means, alpha, axis=1)
-    highs = np.quantile(means, 1.0 - alpha, axis=1)
-    return [(float(lo), float(hi)) for lo, hi in zip(lows, highs, strict=True)]
 
 
 def _metric_scores(
@@ -587,7 +562,9 @@ def score_free_text(
         for name, metric in metrics.items()
     }
     values = np.asarray(list(per_metric.values()), dtype=np.float64)
-    intervals = _bootstrap(values, confidence=confidence, resamples=resamples, seed=seed)
+    from lorakit.evaluate.stats import bootstrap_means
+
+    intervals = bootstrap_means(values, confidence=confidence, resamples=resamples, seed=seed)
     summary = {
         name: {
             "mean": float(math.fsum(scores) / n),
