@@ -177,36 +177,30 @@ class QACollator:
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
-        longest = max(len(f["input_ids"]) for f in features)
-        if self.multiple:
-            longest = math.ceil(longest / self.multiple) * self.multiple
-            if self.max_len is not None:
-                longest = min(
-                    longest, max(self.max_len, max(len(f["input_ids"]) for f in features))
-                )
         packed = "position_ids" in features[0]
-        if packed:
-            longest = max(len(f["input_ids"]) for f in features)
-            if self.packed_length is not None:
-                # One shape for every packed row: kernels and compiled attention are built once.
-                longest = max(longest, self.packed_length)
-            elif self.multiple:
-                longest = math.ceil(longest / self.multiple) * self.multiple
+        lengths = [len(f["input_ids"]) for f in features]
+        longest = max(lengths)
+        if packed and self.packed_length is not None:
+            # One shape for every packed row: kernels and compiled attention are built once.
+            longest = max(longest, self.packed_length)
+        elif self.multiple:
+            rounded = math.ceil(longest / self.multiple) * self.multiple
+            # Unpacked rows are not padded beyond max_len by the rounding.
+            cap = None if packed or self.max_len is None else max(self.max_len, longest)
+            longest = rounded if cap is None else min(rounded, cap)
         ids = torch.full((len(features), longest), self.pad_id, dtype=torch.long)
         labels = torch.full((len(features), longest), -100, dtype=torch.long)
-        mask = torch.zeros((len(features), longest), dtype=torch.long)
-        positions = torch.zeros((len(features), longest), dtype=torch.long)
-        for i, f in enumerate(features):
-            n = len(f["input_ids"])
+        extra = torch.zeros((len(features), longest), dtype=torch.long)
+        for i, (f, n) in enumerate(zip(features, lengths, strict=True)):
             ids[i, :n] = torch.as_tensor(f["input_ids"], dtype=torch.long)
             labels[i, :n] = torch.as_tensor(f["labels"], dtype=torch.long)
-            mask[i, :n] = 1
-            if packed:
-                positions[i, :n] = torch.as_tensor(f["position_ids"], dtype=torch.long)
-                positions[i, n:] = torch.arange(longest - n)
-        if packed:
-            return {"input_ids": ids, "labels": labels, "position_ids": positions}
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+            if packed:  # positions restart per example; the padding is one more segment
+                extra[i, :n] = torch.as_tensor(f["position_ids"], dtype=torch.long)
+                extra[i, n:] = torch.arange(longest - n)
+            else:  # attention mask
+                extra[i, :n] = 1
+        key = "position_ids" if packed else "attention_mask"
+        return {"input_ids": ids, "labels": labels, key: extra}
 
 
 class ExampleDataset:
@@ -391,7 +385,7 @@ class TrainerFactory:
             max_len=max_len,
             packed_length=packed_length,
         )
-        trainer_cls = _watchdog_trainer_class()
+        trainer_cls = _trainer_class()
         from transformers import PrinterCallback
 
         with warnings.catch_warnings():
@@ -410,7 +404,7 @@ class TrainerFactory:
         return trainer
 
 
-def _watchdog_trainer_class() -> type:
+def _trainer_class() -> type:
     import torch
     from transformers import Trainer
 
