@@ -11,13 +11,20 @@ question + answer / 4 + 12 tokens, capped at 1024, as Phi-3's tokenizer averages
 - ``seed``: the seed recipe as HF + PEFT users write it: NF4 + double quant, fp16 compute,
   ``prepare_model_for_kbit_training`` (reentrant checkpointing), LoRA r16 on attention and
   MLP, Trainer with paged AdamW 8-bit, batch 4 x grad-accum 4, padding to the longest row;
-- ``default``: lorakit's ``medqa_phi3`` preset as it trains (bf16, packing, Liger when
-  installed, non-reentrant checkpointing);
+- ``default``: lorakit's ``medqa_phi3`` preset as it trains (NF4, bf16, packed 8,192-token
+  micro-batches x 2, variable-length attention, the lean LoRA forward, Liger when
+  installed, non-reentrant checkpointing, paged AdamW 8-bit);
 - ``speed``: lorakit's speed mode, the ``medqa_phi3_speed`` preset (no quantisation, bf16
-  LoRA, no checkpointing, flex attention over packed 16k-token micro-batches, Liger).
+  LoRA, no checkpointing, packed 16k-token micro-batches, fused AdamW, Liger);
+- ``unsloth``: Unsloth (``--unsloth-path`` names a folder where it is installed) on the
+  seed's padded batches, with the seed's LoRA (dropout 0.1; ``unsloth+lora_dropout=0`` for
+  its fastest setting), NF4 + double quant, bf16, its own checkpointing, paged AdamW 8-bit.
 
-A variant may carry overrides: ``default:flex_attention`` (attention implementation) and
-``default+tokens_per_batch=8192+grad_accum=2`` (``training.*`` settings).
+A variant may carry overrides: ``default:sdpa`` (attention implementation),
+``default+tokens_per_batch=4096+grad_accum=4`` (``training.*`` settings), ``+warmup=N``
+(its own warm-up steps) and, for ``seed`` and ``unsloth``, ``+pad_to_multiple_of=64``
+(fewer distinct shapes; Unsloth compiles each decoder layer, and every new shape costs a
+recompilation, so give it that and a longer warm-up to see its steady state).
 
 Each variant runs ``--warmup`` optimizer steps first (new shapes build their kernels),
 then times ``--steps`` optimizer steps with the GPU synchronised at both ends. Real tokens
@@ -92,12 +99,18 @@ def phi3_parameters() -> int:
     return 2 * v * h + n * layer + h
 
 
-def make_timer(warmup: int, counter: dict):  # type: ignore[no-untyped-def]
-    """A TrainerCallback that times optimizer steps after ``warmup`` steps, GPU synchronised."""
+def make_timer(warmup: int, steps: int, counter: dict, profile: Path | None = None):  # type: ignore[no-untyped-def]
+    """A TrainerCallback that times ``steps`` optimizer steps after ``warmup``, GPU synchronised.
+
+    With ``profile``, one more step runs under ``torch.profiler`` after the timed ones and
+    its kernel table (by GPU time) is written there.
+    """
     import torch
     from transformers import TrainerCallback
 
     class Timer(TrainerCallback):
+        profiler = None
+
         def on_step_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
             if state.global_step == warmup:
                 torch.cuda.synchronize()
@@ -105,10 +118,30 @@ def make_timer(warmup: int, counter: dict):  # type: ignore[no-untyped-def]
                 counter["tokens_at_t0"] = counter["tokens"]
                 counter["padded_at_t0"] = counter["padded"]
                 torch.cuda.reset_peak_memory_stats()
+            if state.global_step == warmup + steps:
+                torch.cuda.synchronize()
+                counter["t1"] = time.perf_counter()
+                counter["tokens_at_t1"] = counter["tokens"]
+                counter["padded_at_t1"] = counter["padded"]
+                counter["peak"] = torch.cuda.max_memory_allocated()
+                if profile is not None:
+                    self.profiler = torch.profiler.profile(
+                        activities=[
+                            torch.profiler.ProfilerActivity.CPU,
+                            torch.profiler.ProfilerActivity.CUDA,
+                        ]
+                    )
+                    self.profiler.__enter__()
 
         def on_train_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
             torch.cuda.synchronize()
-            counter["t1"] = time.perf_counter()
+            if self.profiler is not None:
+                self.profiler.__exit__(None, None, None)
+                table = self.profiler.key_averages().table(
+                    sort_by="cuda_time_total", row_limit=45, max_name_column_width=70
+                )
+                assert profile is not None
+                profile.write_text(table)
 
     return Timer()
 
@@ -123,7 +156,15 @@ def counting(collate, counter: dict):  # type: ignore[no-untyped-def]
     return wrapped
 
 
-def run_seed(model_dir: str, examples: list, steps: int, warmup: int, out: dict) -> None:
+def run_seed(
+    model_dir: str,
+    examples: list,
+    steps: int,
+    warmup: int,
+    out: dict,
+    profile: Path | None,
+    pad_to: int | None,
+) -> None:
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import (
@@ -160,7 +201,10 @@ def run_seed(model_dir: str, examples: list, steps: int, warmup: int, out: dict)
     )
     counter = {"tokens": 0, "padded": 0}
     collate = counting(
-        DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100), counter
+        DataCollatorForSeq2Seq(
+            tokenizer, padding="longest", label_pad_token_id=-100, pad_to_multiple_of=pad_to
+        ),
+        counter,
     )
     data = [
         {"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)}
@@ -170,7 +214,7 @@ def run_seed(model_dir: str, examples: list, steps: int, warmup: int, out: dict)
         output_dir=tempfile.mkdtemp(),
         per_device_train_batch_size=4,
         gradient_accumulation_steps=4,
-        max_steps=warmup + steps,
+        max_steps=warmup + steps + (profile is not None),
         learning_rate=2e-4,
         fp16=True,
         optim="paged_adamw_8bit",
@@ -186,11 +230,85 @@ def run_seed(model_dir: str, examples: list, steps: int, warmup: int, out: dict)
         args=args,
         train_dataset=data,
         data_collator=collate,
-        callbacks=[make_timer(warmup, counter)],
+        callbacks=[make_timer(warmup, steps, counter, profile)],
     )
     model.train()
     trainer.train()
     out.update(counter)
+
+
+def run_unsloth(
+    model_dir: str,
+    examples: list,
+    steps: int,
+    warmup: int,
+    out: dict,
+    profile: Path | None,
+    pad_to: int | None,
+    dropout: float,
+) -> None:
+    """Unsloth on the seed's batches: its loader, LoRA and checkpointing, the same Trainer setup.
+
+    Phi-3 takes Unsloth's generic path (``FastModel``, transformers' own Phi-3 modules,
+    compiled), so the adapter targets are the fused ``qkv_proj``/``gate_up_proj`` as in
+    the seed. bf16 compute (Unsloth's choice on this GPU), NF4 + double quant.
+    """
+    os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
+    os.environ.setdefault("UNSLOTH_COMPILE_LOCATION", tempfile.mkdtemp(prefix="unsloth-"))
+    from unsloth import FastLanguageModel  # noqa: I001 (first: it patches transformers and peft)
+
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=model_dir, max_seq_length=MAX_LEN, dtype=None, load_in_4bit=True
+    )
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=16,
+        lora_alpha=32,
+        lora_dropout=dropout,
+        bias="none",
+        target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+        use_gradient_checkpointing="unsloth",
+        random_state=0,
+    )
+    counter = {"tokens": 0, "padded": 0}
+    collate = counting(
+        DataCollatorForSeq2Seq(
+            tokenizer, padding="longest", label_pad_token_id=-100, pad_to_multiple_of=pad_to
+        ),
+        counter,
+    )
+    data = [
+        {"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)}
+        for e in examples
+    ]
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=4,
+        max_steps=warmup + steps + (profile is not None),
+        learning_rate=2e-4,
+        bf16=True,
+        optim="paged_adamw_8bit",
+        logging_steps=1000,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        data_collator=collate,
+        callbacks=[make_timer(warmup, steps, counter, profile)],
+    )
+    if hasattr(model, "for_training"):
+        model.for_training()
+    model.train()
+    trainer.train()
+    out.update(counter)
+    out["notes"] = [f"unsloth: bf16, NF4 + double quant, lora_dropout {dropout}, its checkpointing"]
 
 
 def run_lorakit(
@@ -199,6 +317,7 @@ def run_lorakit(
     steps: int,
     warmup: int,
     out: dict,
+    profile: Path | None,
     *,
     speed: bool,
     attn: str | None = None,
@@ -206,14 +325,14 @@ def run_lorakit(
 ) -> None:
     from lorakit.adapter import apply_adapter
     from lorakit.data.tokenize import ensure_pad_token
-    from lorakit.fast import apply_liger, set_checkpointing
+    from lorakit.fast import apply_liger, fuse_lora, set_checkpointing
     from lorakit.model import ModelSpec, QuantizedModelBuilder
     from lorakit.presets import medqa_phi3, medqa_phi3_speed
     from lorakit.train import TrainerFactory
 
     recipe = medqa_phi3_speed if speed else medqa_phi3
     overrides = {
-        "training.max_steps": warmup + steps,
+        "training.max_steps": warmup + steps + (profile is not None),
         "training.eval_steps": 10_000,
         "training.save_steps": 10_000,
         "training.logging_steps": 1000,
@@ -238,12 +357,14 @@ def run_lorakit(
     )
     if training.gradient_checkpointing:
         set_checkpointing(model, training.checkpoint_every)
+    if training.fused_lora:
+        fuse_lora(model)
     counter = {"tokens": 0, "padded": 0}
     factory = TrainerFactory(
         training,
         Path(tempfile.mkdtemp()),
         loaded.compute_dtype,
-        callbacks=[make_timer(warmup, counter)],
+        callbacks=[make_timer(warmup, steps, counter, profile)],
     )
     trainer = factory.create(
         model, loaded.tokenizer, examples, examples[:8], pad_id=pad_id, max_len=MAX_LEN
@@ -256,7 +377,6 @@ def run_lorakit(
 
 
 def worker(args: argparse.Namespace) -> None:
-    import torch
 
     lengths = json.loads(Path(args.lengths).read_text())
     # Enough examples that no row repeats within the timed steps.
@@ -264,22 +384,30 @@ def worker(args: argparse.Namespace) -> None:
     spec, *extra = args.worker.split("+")
     name, _, attn = spec.partition(":")
     out: dict = {"variant": args.worker}
+    profile = Path(args.profile) if args.profile else None
+    settings = dict(item.split("=", 1) for item in extra)
+    warmup = int(settings.pop("warmup", args.warmup))
+    pad_to = int(settings.pop("pad_to_multiple_of", 0)) or None
     if name == "seed":
-        run_seed(args.model, examples, args.steps, args.warmup, out)
+        run_seed(args.model, examples, args.steps, warmup, out, profile, pad_to)
+    elif name == "unsloth":
+        dropout = float(settings.get("lora_dropout", 0.1))
+        run_unsloth(args.model, examples, args.steps, warmup, out, profile, pad_to, dropout)
     else:
         run_lorakit(
             args.model,
             examples,
             args.steps,
-            args.warmup,
+            warmup,
             out,
+            profile,
             speed=name == "speed",
             attn=attn or None,
-            extra=dict(item.split("=", 1) for item in extra),
+            extra=settings,
         )
     seconds = out["t1"] - out["t0"]
-    real = out["tokens"] - out["tokens_at_t0"]
-    padded = out["padded"] - out["padded_at_t0"]
+    real = out["tokens_at_t1"] - out["tokens_at_t0"]
+    padded = out["padded_at_t1"] - out["padded_at_t0"]
     params = phi3_parameters()
     result = {
         "variant": args.worker,
@@ -288,7 +416,7 @@ def worker(args: argparse.Namespace) -> None:
         "real_tokens": real,
         "real_tokens_per_s": round(real / seconds),
         "padding_share": round(1 - real / padded, 3) if padded else 0.0,
-        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "peak_gib": round(out["peak"] / 2**30, 2),
         "mfu": round(6 * params * real / seconds / PEAK_FLOPS, 3),
         "notes": out.get("notes", []),
     }
@@ -318,9 +446,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps first")
     parser.add_argument("--examples", type=int, default=4000)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument(
+        "--unsloth-path",
+        type=Path,
+        help="a folder with Unsloth and its dependencies installed, put on the unsloth variants' path",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="a folder: profile one more optimizer step per variant, write its kernel table there",
+    )
     args = parser.parse_args()
     if args.worker:
         worker(args)
@@ -361,7 +499,16 @@ def main() -> None:
             "--result",
             str(result_file),
         ]
-        done = subprocess.run(cmd, env=os.environ.copy())
+        if args.profile:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in variant)
+            cmd += ["--profile", str(args.profile / f"{safe}.txt")]
+        env = os.environ.copy()
+        if variant.startswith("unsloth") and args.unsloth_path:
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(args.unsloth_path), env.get("PYTHONPATH")) if p
+            )
+        done = subprocess.run(cmd, env=env)
         if done.returncode != 0 or not result_file.exists():
             results.append({"variant": variant, "error": f"exit code {done.returncode}"})
             continue

@@ -130,3 +130,115 @@ def test_every_checkpointing_mode_gives_the_same_gradients(tiny_phi3):
         assert all(
             torch.allclose(a, b, atol=1e-6) for a, b in zip(grads[None], grads[every], strict=True)
         )
+
+
+def _lora_model(path, *, dropout=0.0, dora=False, quant=False):
+    """The tiny Phi-3 with a LoRA adapter whose weights are the same on every call."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lorakit.adapter import AdapterSpec, apply_adapter
+    from lorakit.model import disable_cpu_inference_path
+
+    kwargs = {}
+    if quant:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+        )
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
+    disable_cpu_inference_path(base)
+    base.config.use_cache = False
+    model, _ = apply_adapter(
+        base, AdapterSpec(rank=4, dropout=dropout, dora=dora), gradient_checkpointing=False
+    )
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.1)
+    return model.train()
+
+
+def _loss_and_grads(model, ids, seed=0):
+    import torch
+
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)  # the same dropout masks for both models
+    out = model(input_ids=ids, labels=ids)
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return out.logits.detach(), grads
+
+
+@pytest.mark.parametrize(
+    ("dropout", "quant"), [(0.0, False), (0.1, False), (0.1, True)], ids=["plain", "dropout", "nf4"]
+)
+def test_fused_lora_gives_peft_logits_and_gradients(tiny_phi3, dropout, quant):
+    import torch
+
+    from lorakit.fast import fuse_lora
+
+    ids = torch.randint(10, 400, (2, 24), generator=torch.Generator().manual_seed(0))
+    peft = _lora_model(tiny_phi3, dropout=dropout, quant=quant)
+    fused = _lora_model(tiny_phi3, dropout=dropout, quant=quant)
+    layers = fuse_lora(fused)
+    assert layers == fused.config.num_hidden_layers * 4  # qkv, o, gate_up, down
+    assert fuse_lora(fused) == 0  # once only
+    logits_a, grads_a = _loss_and_grads(peft, ids)
+    logits_b, grads_b = _loss_and_grads(fused, ids)
+    assert torch.allclose(logits_a, logits_b, atol=1e-5)
+    assert grads_a.keys() == grads_b.keys()
+    for name, grad in grads_a.items():
+        assert grad.abs().sum() > 0, name
+        assert torch.allclose(grad, grads_b[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_fused_lora_under_autocast_is_as_accurate_as_peft(tiny_phi3):
+    """In bf16 the two differ by rounding; against float32, the fused one is no worse."""
+    import torch
+
+    from lorakit.fast import fuse_lora
+
+    ids = torch.randint(10, 400, (2, 24), generator=torch.Generator().manual_seed(0))
+    logits_ref, grads_ref = _loss_and_grads(_lora_model(tiny_phi3), ids)
+    peft = _lora_model(tiny_phi3)
+    fused = _lora_model(tiny_phi3)
+    fuse_lora(fused)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits_a, grads_a = _loss_and_grads(peft, ids)
+        logits_b, grads_b = _loss_and_grads(fused, ids)
+    assert logits_b.dtype == torch.bfloat16
+
+    def error(x, ref):
+        return float((x.float() - ref).norm() / ref.norm())
+
+    assert error(logits_b, logits_ref) <= 1.25 * error(logits_a, logits_ref)
+    for name, ref in grads_ref.items():
+        assert error(grads_b[name], ref) <= 1.25 * error(grads_a[name], ref) + 1e-3, name
+
+
+def test_fused_lora_keeps_peft_forward_for_disabled_merged_and_dora(tiny_phi3):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lorakit.fast import fuse_lora
+
+    ids = torch.randint(10, 400, (1, 16), generator=torch.Generator().manual_seed(0))
+    base = AutoModelForCausalLM.from_pretrained(tiny_phi3, dtype=torch.float32).eval()
+    fused = _lora_model(tiny_phi3)
+    fuse_lora(fused)
+    fused.eval()
+    with torch.no_grad():
+        adapted = fused(input_ids=ids).logits
+        with fused.disable_adapter():
+            assert torch.allclose(fused(input_ids=ids).logits, base(input_ids=ids).logits)
+        fused.merge_adapter()
+        assert torch.allclose(fused(input_ids=ids).logits, adapted, atol=1e-5)
+        fused.unmerge_adapter()
+    dora_peft = _lora_model(tiny_phi3, dora=True).eval()
+    dora_fused = _lora_model(tiny_phi3, dora=True).eval()
+    fuse_lora(dora_fused)
+    with torch.no_grad():
+        assert torch.equal(dora_peft(input_ids=ids).logits, dora_fused(input_ids=ids).logits)

@@ -112,7 +112,7 @@ def test_spec_validation_names_the_field(make, field):
 def test_specs_are_frozen_keyword_only_with_qlora_defaults():
     spec = ModelSpec(name="m")
     assert spec.quant == QuantSpec(method="nf4", double_quant=True, compute_dtype="auto")
-    assert spec.attn_implementation == "sdpa"
+    assert spec.attn_implementation == "auto"
     assert spec.trust_remote_code is False
     with pytest.raises(TypeError):
         ModelSpec("m")  # type: ignore[misc]

@@ -23,15 +23,22 @@ ROWS = [
 ]
 
 
-@pytest.fixture()
-def model_and_examples(tiny_phi3, tiny_tokenizer, registries):
+@pytest.fixture(params=["sdpa", "varlen"])
+def model_and_examples(request, tiny_phi3, tiny_tokenizer, registries):
+    """The tiny Phi-3 with SDPA (block-diagonal mask) and with lorakit's varlen attention
+    (on the CPU: its reference path over the same example boundaries)."""
     import torch
     from transformers import AutoModelForCausalLM
+
+    from lorakit.attention import register_varlen
 
     ensure_pad_token(tiny_tokenizer)
     template = registries.templates.resolve("qa")()
     examples, _ = tokenize_rows(ROWS, tiny_tokenizer, template, TokenizeSpec(max_len=256))
-    model = AutoModelForCausalLM.from_pretrained(tiny_phi3, dtype=torch.float32).eval()
+    attn = register_varlen() if request.param == "varlen" else request.param
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_phi3, dtype=torch.float32, attn_implementation=attn
+    ).eval()
     model.config.use_cache = False  # as lorakit trains: no cache, so packed rows are detected
     return model, examples, tiny_tokenizer.pad_token_id
 

@@ -230,7 +230,11 @@ def test_medqa_phi3_has_the_seed_values():
     assert t.scheduler == "cosine"
     assert t.warmup_steps == 100
     assert t.learning_rate == 2e-4
-    assert (t.batch_size, t.grad_accum, t.epochs) == (4, 4, 1.0)
+    assert (t.batch_size, t.epochs) == (4, 1.0)
+    # Packed, a step holds the seed's 4 x 4 rows of up to 1024 tokens, as 2 micro-batches.
+    assert t.packing is True
+    assert (t.tokens_per_batch, t.grad_accum) == (8192, 2)
+    assert t.tokens_per_batch * t.grad_accum == 4 * 4 * r.data.tokenize.max_len
     assert t.gradient_checkpointing is True
     assert (t.eval_steps, t.save_steps) == (100, 100)
     assert t.load_best is True

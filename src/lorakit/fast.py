@@ -1,7 +1,9 @@
-"""The fast path: fused Liger kernels, selective checkpointing, and a GPU memory budget."""
+"""The fast path: fused Liger kernels, a leaner LoRA forward, selective checkpointing, and a
+GPU memory budget."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from collections.abc import Callable
 from typing import Any
@@ -10,7 +12,7 @@ import attrs
 
 from lorakit.errors import ConfigError
 
-__all__ = ["MemoryPlan", "apply_liger", "plan_memory", "set_checkpointing"]
+__all__ = ["MemoryPlan", "apply_liger", "fuse_lora", "plan_memory", "set_checkpointing"]
 
 GIB = 2**30
 
@@ -47,6 +49,69 @@ def apply_liger(model: Any, mode: str) -> str | None:
             hint="set training.liger=auto",
         )
     return None
+
+
+def fuse_lora(model: Any) -> int:
+    """Give every plain LoRA layer of a PEFT ``model`` a leaner forward; returns how many.
+
+    PEFT computes ``base(x) + B(A(dropout(x))) * scaling`` in separate kernels, casts the
+    input to the adapter's float32 first (unquantised layers) or clones the base output
+    (4-bit layers). The lean forward computes ``addmm(base(x), A(dropout(x)), B^T,
+    alpha=scaling)``: the scaling and the sum happen inside the second product, in the
+    compute dtype under autocast, and nothing is copied. The function is the same;
+    floating-point results differ by rounding only. Layers with DoRA, a LoRA bias, several
+    active adapters, merged or disabled adapters keep PEFT's forward for that call.
+    """
+    kinds = _lora_linear_kinds()
+    count = 0
+    for module in model.modules():
+        if type(module) in kinds and not getattr(module, "lorakit_fused", False):
+            module.forward = functools.partial(_lean_lora_forward, module, module.forward)
+            module.lorakit_fused = True
+            count += 1
+    return count
+
+
+def _lora_linear_kinds() -> tuple[type, ...]:
+    from peft.tuners.lora.layer import Linear
+
+    kinds: list[type] = [Linear]
+    try:
+        from peft.tuners.lora.bnb import Linear4bit
+    except ImportError:  # bitsandbytes missing
+        pass
+    else:
+        kinds.append(Linear4bit)
+    return tuple(kinds)
+
+
+def _lean_lora_forward(
+    module: Any, peft_forward: Callable[..., Any], x: Any, *args: Any, **kwargs: Any
+) -> Any:
+    import torch
+    import torch.nn.functional as F
+
+    if args or kwargs or module.disable_adapters or module.merged:
+        return peft_forward(x, *args, **kwargs)
+    active = [name for name in module.active_adapters if name in module.lora_A]
+    if len(active) != 1 or active[0] in module.lora_variant:
+        return peft_forward(x, *args, **kwargs)
+    name = active[0]
+    lora_a, lora_b = module.lora_A[name], module.lora_B[name]
+    if lora_a.bias is not None or lora_b.bias is not None:
+        return peft_forward(x, *args, **kwargs)
+    result = module.base_layer(x)
+    autocast = torch.is_autocast_enabled(x.device.type)
+    h = module.lora_dropout[name](x if autocast else x.to(lora_a.weight.dtype))
+    h = F.linear(h, lora_a.weight)
+    scaling = module.scaling[name]
+    if autocast or h.dtype == result.dtype:
+        width = result.shape[-1]
+        fused = torch.addmm(
+            result.reshape(-1, width), h.reshape(-1, h.shape[-1]), lora_b.weight.t(), alpha=scaling
+        )
+        return fused.view(result.shape)
+    return result + (F.linear(h, lora_b.weight) * scaling).to(result.dtype)
 
 
 def checkpoint_layers(model: Any) -> list[Any]:

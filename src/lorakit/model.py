@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import attrs
 
+from lorakit.attention import register_varlen
 from lorakit.errors import ConfigError
 from lorakit.hookspecs import hookimpl
 
@@ -32,7 +33,10 @@ TINY_PHI3 = "tiny-phi3"
 
 QuantMethod = Literal["nf4", "fp4", "none"]
 DtypeName = Literal["auto", "bfloat16", "float16", "float32"]
-AttnImplementation = Literal["sdpa", "eager", "flash_attention_2", "flex_attention"]
+AttnImplementation = Literal[
+    "auto", "varlen", "sdpa", "eager", "flash_attention_2", "flex_attention"
+]
+ATTN_IMPLEMENTATIONS: tuple[str, ...] = get_args(AttnImplementation)
 
 
 @attrs.frozen(kw_only=True)
@@ -64,8 +68,11 @@ class ModelSpec:
             ``save_pretrained``, or ``tiny-phi3`` for lorakit's built-in tiny Phi-3.
         revision: a branch, tag or commit of the model id.
         quant: weight quantisation.
-        attn_implementation: ``sdpa`` (PyTorch scaled-dot-product attention), ``eager``,
-            ``flash_attention_2`` or ``flex_attention``.
+        attn_implementation: ``auto`` (``varlen`` on a CUDA GPU computing in 16 bits where
+            PyTorch has variable-length flash attention, else ``sdpa``), ``varlen`` (flash
+            attention over each packed example, see :mod:`lorakit.attention`), ``sdpa``
+            (PyTorch scaled-dot-product attention; packed rows through a block-diagonal
+            mask), ``eager``, ``flash_attention_2`` or ``flex_attention``.
         trust_remote_code: run the model repository's own code. Off: Phi-3 is native in
             transformers, and its remote code breaks with current cache classes.
     """
@@ -74,8 +81,7 @@ class ModelSpec:
     revision: str | None = None
     quant: QuantSpec = attrs.field(factory=QuantSpec)
     attn_implementation: AttnImplementation = attrs.field(
-        default="sdpa",
-        validator=attrs.validators.in_(("sdpa", "eager", "flash_attention_2", "flex_attention")),
+        default="auto", validator=attrs.validators.in_(ATTN_IMPLEMENTATIONS)
     )
     trust_remote_code: bool = False
 
@@ -100,6 +106,17 @@ def resolve_compute_dtype(name: DtypeName, *, cuda: bool, bf16_supported: bool) 
     if not cuda:
         return "float32"
     return "bfloat16" if bf16_supported else "float16"
+
+
+def resolve_attention(name: str, *, cuda: bool, dtype_name: str) -> str:
+    """``auto`` -> ``varlen`` on a CUDA GPU computing in 16 bits where the kernel exists, else ``sdpa``."""
+    if name != "auto":
+        return name
+    from lorakit.attention import varlen_available
+
+    if cuda and dtype_name in ("bfloat16", "float16") and varlen_available():
+        return "varlen"
+    return "sdpa"
 
 
 def _local_rank() -> int:
@@ -153,11 +170,14 @@ def load_hf_model(spec: ModelSpec) -> LoadedModel:
         notes.append(f"no CUDA GPU: computing in float32 instead of {spec.quant.compute_dtype}")
     dtype = getattr(torch, dtype_name)
     path = resolve_model_path(spec.name)
+    attn = resolve_attention(spec.attn_implementation, cuda=cuda, dtype_name=dtype_name)
+    if spec.attn_implementation == "auto":
+        notes.append(f"attention: {attn}")
     kwargs: dict[str, Any] = {
         "revision": spec.revision,
         "dtype": dtype,
         "trust_remote_code": spec.trust_remote_code,
-        "attn_implementation": spec.attn_implementation,
+        "attn_implementation": register_varlen() if attn == "varlen" else attn,
     }
     if spec.attn_implementation == "flash_attention_2" and not cuda:
         raise ConfigError(

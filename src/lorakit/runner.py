@@ -67,7 +67,7 @@ def _train(
     from lorakit.data.sources import read_source
     from lorakit.evaluate.benchmarks import load_benchmark, parse_bench
     from lorakit.evaluate.perplexity import answer_loss
-    from lorakit.fast import apply_liger, set_checkpointing
+    from lorakit.fast import apply_liger, fuse_lora, set_checkpointing
     from lorakit.model import QuantizedModelBuilder
     from lorakit.recipe import (
         RunResult,
@@ -146,6 +146,8 @@ def _train(
         set_checkpointing(
             model, training.checkpoint_every if training.gradient_checkpointing else None
         )
+    if training.fused_lora:
+        fast_notes.append(f"lean LoRA forward on {fuse_lora(model)} layers")
     if training.max_memory_gb is not None:
         training, note = fit_memory_budget(
             model, training, recipe.data.tokenize.max_len, run_dir / "memory_plan.json"

@@ -78,6 +78,9 @@ class TrainingArgs:
         liger: fused Liger kernels (RoPE, RMSNorm, SwiGLU, fused linear cross-entropy):
             ``auto`` applies them when ``lorakit[fast]`` is installed, a CUDA GPU is present
             and the architecture is supported; ``on`` fails when they cannot be applied.
+        fused_lora: compute each LoRA layer as one fused product added to the base output
+            (``addmm``) in the compute dtype, instead of PEFT's separate kernels, casts and
+            copies; the same function (see :func:`lorakit.fast.fuse_lora`).
         max_memory_gb: a GPU memory budget; lorakit then picks checkpointing (none, selective,
             full) and the packed micro-batch size that fit it, by measuring one step of each.
         seed: seed of the run (data order, adapter initialisation, dropout).
@@ -124,6 +127,7 @@ class TrainingArgs:
     )
     checkpoint_every: int = attrs.field(default=1, validator=attrs.validators.ge(1))
     liger: Literal["auto", "on", "off"] = "auto"
+    fused_lora: bool = True
     max_memory_gb: float | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
     )
@@ -158,7 +162,9 @@ class QACollator:
     """Pads a batch on the right: input ids with ``pad_id``, labels with -100, attention mask 0.
 
     Packed rows (features with ``position_ids``) get no attention mask: their padding is
-    one more segment whose positions restart at 0, so no real token attends to it.
+    one more segment whose positions restart at 0, so no real token attends to it. They
+    also carry the example boundaries (``cu_seq_lens_q``, ``max_length_q``) that
+    variable-length attention reads.
     """
 
     def __init__(
@@ -199,8 +205,22 @@ class QACollator:
                 extra[i, n:] = torch.arange(longest - n)
             else:  # attention mask
                 extra[i, :n] = 1
-        key = "position_ids" if packed else "attention_mask"
-        return {"input_ids": ids, "labels": labels, key: extra}
+        if not packed:
+            return {"input_ids": ids, "labels": labels, "attention_mask": extra}
+        from lorakit.attention import cu_seq_lens
+
+        # Example boundaries for variable-length attention, computed once per batch here
+        # rather than in every layer (other attention implementations ignore them).
+        bounds, longest = cu_seq_lens(extra)
+        return {
+            "input_ids": ids,
+            "labels": labels,
+            "position_ids": extra,
+            "cu_seq_lens_q": bounds,
+            "cu_seq_lens_k": bounds,
+            "max_length_q": longest,
+            "max_length_k": longest,
+        }
 
 
 class ExampleDataset:

@@ -48,7 +48,12 @@ medqa_phi3 = Recipe(
     training=TrainingArgs(
         epochs=1.0,
         batch_size=4,
-        grad_accum=4,
+        # Packed (the default), a step holds the seed's 4 x 4 x 1024 tokens as two
+        # micro-batches of 8,192: bigger kernels, half the per-batch overhead, and still
+        # less memory than the seed's padded batches. With packing off, set grad_accum=4
+        # for the seed's 16 rows per step.
+        grad_accum=2,
+        tokens_per_batch=8192,
         learning_rate=2e-4,
         optimizer="paged_adamw_8bit",
         scheduler="cosine",
@@ -65,15 +70,16 @@ medqa_phi3_speed = medqa_phi3.with_overrides(
     {
         "name": "medqa_phi3_speed",
         "model.quant.method": "none",
-        "model.attn_implementation": "flex_attention",
         "training.gradient_checkpointing": False,
         "training.tokens_per_batch": 16 * 1024,
         "training.grad_accum": 1,
+        "training.optimizer": "adamw_torch_fused",
     }
 )
-"""Speed mode for a large GPU: bf16 LoRA without quantisation, no checkpointing, flex attention
-over packed 16k-token micro-batches (about 75 GiB on Phi-3-mini). Same tokens per step as
-``medqa_phi3``."""
+"""Speed mode for a large GPU: bf16 LoRA without quantisation, no checkpointing, variable-length
+attention over packed 16k-token micro-batches (about 75 GiB on Phi-3-mini), fused float32 AdamW
+(the adapter's optimizer state is 0.2 GB; the 8-bit paged optimizer's many small kernels cost
+more than that saves here). Same tokens per step as ``medqa_phi3``."""
 
 medqa_phi3_tiny = medqa_phi3.with_overrides(
     {
