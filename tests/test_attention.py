@@ -16,6 +16,9 @@ def test_cu_seq_lens_marks_every_example_and_row_start():
     assert bounds.tolist() == [0, 3, 5, 9, 10]
     assert bounds.dtype == torch.int32
     assert longest == 4
+    # A row starts a segment even when its positions do not restart (a cached continuation).
+    bounds, longest = cu_seq_lens(torch.tensor([[5, 6, 7], [5, 6, 7]]))
+    assert bounds.tolist() == [0, 3, 6]
 
 
 def test_block_causal_mask_keeps_segments_and_window():
@@ -39,13 +42,39 @@ def test_block_causal_mask_keeps_segments_and_window():
     assert windowed[4].tolist() == [False, False, False, True, True]  # itself and one back
 
 
-def test_auto_attention_is_sdpa_without_a_gpu_kernel():
+def test_auto_attention_needs_a_gpu_kernel_and_a_plain_causal_architecture(monkeypatch):
+    import lorakit.attention as attention
+
     assert ModelSpec(name="x").attn_implementation == "auto"
-    assert resolve_attention("auto", cuda=False, dtype_name="float32") == "sdpa"
-    assert resolve_attention("auto", cuda=True, dtype_name="float32") == "sdpa"
-    assert resolve_attention("flex_attention", cuda=True, dtype_name="bfloat16") == (
-        "flex_attention"
+    for cuda, dtype in ((False, "float32"), (True, "float32")):
+        assert resolve_attention("auto", cuda=cuda, dtype_name=dtype, model_type="phi3") == "sdpa"
+    monkeypatch.setattr(attention, "varlen_available", lambda: True)
+    assert resolve_attention("auto", cuda=True, dtype_name="bfloat16", model_type="phi3") == (
+        "varlen"
     )
+    # Soft-capped or sink attention (gemma2, gpt_oss) is not what the kernel computes.
+    for model_type in ("gemma2", "gpt_oss", None):
+        assert (
+            resolve_attention("auto", cuda=True, dtype_name="bfloat16", model_type=model_type)
+            == "sdpa"
+        )
+    monkeypatch.setattr(attention, "varlen_available", lambda: False)  # old torch or GPU
+    assert resolve_attention("auto", cuda=True, dtype_name="float16", model_type="phi3") == "sdpa"
+    assert (
+        resolve_attention("flex_attention", cuda=True, dtype_name="bfloat16", model_type="phi3")
+        == "flex_attention"
+    )
+
+
+def test_varlen_refuses_soft_capping_and_sinks():
+    import torch
+
+    from lorakit import ConfigError
+    from lorakit.attention import varlen_attention_forward
+
+    q = torch.zeros(1, 2, 4, 8)
+    with pytest.raises(ConfigError, match="soft-caps"):
+        varlen_attention_forward(torch.nn.Module(), q, q, q, None, softcap=30.0)
 
 
 @pytest.fixture()
@@ -140,3 +169,67 @@ def test_varlen_padded_batches_and_generation_fall_back_to_sdpa(models, tiny_tok
             model.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=pad).tolist()
         )
     assert outputs[0] == outputs[1]
+
+
+def test_varlen_batches_of_whole_rows_match_sdpa(models):
+    """Several unpadded rows of one length: no row may attend to another, mask or no mask."""
+    import torch
+
+    sdpa, varlen = models
+    ids = torch.randint(10, 200, (3, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = sdpa(input_ids=ids).logits
+        for mask in (None, torch.ones_like(ids)):
+            got = varlen(input_ids=ids, attention_mask=mask).logits
+            assert torch.allclose(got, expected, atol=1e-4)
+
+
+def test_answer_loss_does_not_depend_on_the_batch_size_with_varlen(models):
+    import torch
+
+    from lorakit.data.tokenize import Example
+    from lorakit.evaluate.perplexity import answer_loss
+
+    sdpa, varlen = models
+    gen = torch.Generator().manual_seed(4)
+    examples = []
+    for _ in range(6):  # equal lengths: batches without padding
+        ids = torch.randint(10, 200, (12,), generator=gen).tolist()
+        examples.append(Example(input_ids=ids, labels=[-100] * 4 + ids[4:]))
+    one = answer_loss(varlen, examples, QACollator(0), batch_size=1)
+    six = answer_loss(varlen, examples, QACollator(0), batch_size=6)
+    reference = answer_loss(sdpa, examples, QACollator(0), batch_size=6)
+    assert one.loss == pytest.approx(six.loss, abs=1e-5)
+    assert six.loss == pytest.approx(reference.loss, abs=1e-5)
+
+
+def test_varlen_continues_after_a_cache_without_a_mask(models):
+    import torch
+
+    sdpa, varlen = models
+    ids = torch.randint(10, 200, (1, 14), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        full = sdpa(input_ids=ids).logits
+        first = varlen(input_ids=ids[:, :8], use_cache=True)
+        rest = varlen(input_ids=ids[:, 8:], past_key_values=first.past_key_values, use_cache=True)
+    assert torch.allclose(rest.logits, full[:, 8:], atol=1e-4)
+
+
+def test_varlen_mask_is_none_only_for_a_fresh_unpadded_batch():
+    """Whichever keyword names transformers uses (q_length / q_offset, or cache_position)."""
+    import torch
+
+    from lorakit.attention import _varlen_mask
+
+    common = {"batch_size": 1, "kv_length": 6, "attention_mask": None}
+    assert _varlen_mask(q_length=6, q_offset=0, kv_offset=0, **common) is None
+    assert _varlen_mask(cache_position=torch.arange(6), kv_offset=0, **common) is None
+    after_cache = _varlen_mask(q_length=2, q_offset=4, kv_offset=0, **common)
+    assert after_cache is not None and after_cache.shape[-2:] == (2, 6)
+    padded = _varlen_mask(
+        q_length=6,
+        q_offset=0,
+        kv_offset=0,
+        **{**common, "attention_mask": torch.tensor([[1] * 5 + [0]]).bool()},
+    )
+    assert padded is not None and not bool(padded[0, 0, 5, 5])

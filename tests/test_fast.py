@@ -132,7 +132,17 @@ def test_every_checkpointing_mode_gives_the_same_gradients(tiny_phi3):
         )
 
 
-def _lora_model(path, *, dropout=0.0, dora=False, quant=False):
+def _count_addmm(monkeypatch):
+    """Count the lean forward's fused products (PEFT's forward never calls ``torch.addmm``)."""
+    import torch
+
+    calls = []
+    real = torch.addmm
+    monkeypatch.setattr(torch, "addmm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def _lora_model(path, *, dropout=0.0, dora=False, quant=False, dtype=None):
     """The tiny Phi-3 with a LoRA adapter whose weights are the same on every call."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -147,7 +157,7 @@ def _lora_model(path, *, dropout=0.0, dora=False, quant=False):
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
         )
-    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **kwargs)
     disable_cpu_inference_path(base)
     base.config.use_cache = False
     model, _ = apply_adapter(
@@ -175,7 +185,7 @@ def _loss_and_grads(model, ids, seed=0):
 @pytest.mark.parametrize(
     ("dropout", "quant"), [(0.0, False), (0.1, False), (0.1, True)], ids=["plain", "dropout", "nf4"]
 )
-def test_fused_lora_gives_peft_logits_and_gradients(tiny_phi3, dropout, quant):
+def test_fused_lora_gives_peft_logits_and_gradients(tiny_phi3, dropout, quant, monkeypatch):
     import torch
 
     from lorakit.fast import fuse_lora
@@ -186,8 +196,11 @@ def test_fused_lora_gives_peft_logits_and_gradients(tiny_phi3, dropout, quant):
     layers = fuse_lora(fused)
     assert layers == fused.config.num_hidden_layers * 4  # qkv, o, gate_up, down
     assert fuse_lora(fused) == 0  # once only
+    calls = _count_addmm(monkeypatch)
     logits_a, grads_a = _loss_and_grads(peft, ids)
+    assert calls == []
     logits_b, grads_b = _loss_and_grads(fused, ids)
+    assert len(calls) == layers  # every layer took the lean path
     assert torch.allclose(logits_a, logits_b, atol=1e-5)
     assert grads_a.keys() == grads_b.keys()
     for name, grad in grads_a.items():
@@ -195,21 +208,26 @@ def test_fused_lora_gives_peft_logits_and_gradients(tiny_phi3, dropout, quant):
         assert torch.allclose(grad, grads_b[name], atol=1e-5, rtol=1e-4), name
 
 
-def test_fused_lora_under_autocast_is_as_accurate_as_peft(tiny_phi3):
-    """In bf16 the two differ by rounding; against float32, the fused one is no worse."""
+@pytest.mark.parametrize("model_dtype", ["float32", "bfloat16"])
+def test_fused_lora_under_autocast_is_as_accurate_as_peft(tiny_phi3, model_dtype, monkeypatch):
+    """As lorakit trains on a GPU: autocast, float32 adapters, the base model in float32 or
+    bf16. The two differ by rounding; against float32, the fused one is no worse."""
     import torch
 
     from lorakit.fast import fuse_lora
 
+    dtype = getattr(torch, model_dtype)
     ids = torch.randint(10, 400, (2, 24), generator=torch.Generator().manual_seed(0))
     logits_ref, grads_ref = _loss_and_grads(_lora_model(tiny_phi3), ids)
-    peft = _lora_model(tiny_phi3)
-    fused = _lora_model(tiny_phi3)
-    fuse_lora(fused)
+    peft = _lora_model(tiny_phi3, dtype=dtype)
+    fused = _lora_model(tiny_phi3, dtype=dtype)
+    layers = fuse_lora(fused)
+    calls = _count_addmm(monkeypatch)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits_a, grads_a = _loss_and_grads(peft, ids)
         logits_b, grads_b = _loss_and_grads(fused, ids)
-    assert logits_b.dtype == torch.bfloat16
+    assert len(calls) == layers
+    assert logits_b.dtype == logits_a.dtype
 
     def error(x, ref):
         return float((x.float() - ref).norm() / ref.norm())
@@ -219,7 +237,7 @@ def test_fused_lora_under_autocast_is_as_accurate_as_peft(tiny_phi3):
         assert error(grads_b[name], ref) <= 1.25 * error(grads_a[name], ref) + 1e-3, name
 
 
-def test_fused_lora_keeps_peft_forward_for_disabled_merged_and_dora(tiny_phi3):
+def test_fused_lora_keeps_peft_forward_for_disabled_merged_and_dora(tiny_phi3, monkeypatch):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -240,5 +258,9 @@ def test_fused_lora_keeps_peft_forward_for_disabled_merged_and_dora(tiny_phi3):
     dora_peft = _lora_model(tiny_phi3, dora=True).eval()
     dora_fused = _lora_model(tiny_phi3, dora=True).eval()
     fuse_lora(dora_fused)
+    calls = _count_addmm(monkeypatch)
     with torch.no_grad():
         assert torch.equal(dora_peft(input_ids=ids).logits, dora_fused(input_ids=ids).logits)
+        with fused.disable_adapter():
+            fused(input_ids=ids)
+    assert calls == []

@@ -8,9 +8,11 @@ examples' boundaries, which the collator passes as ``cu_seq_lens_q`` / ``max_len
 (the names transformers' flash-attention kwargs use), or which are read from restarting
 ``position_ids``.
 
-Padded batches (an attention mask), decoding with a cache, and machines without the
-kernel (the CPU, float32) take a correct fallback: SDPA with the mask, or SDPA with a
-block-diagonal mask built from the same boundaries.
+Unpadded batches of whole rows run the kernel with one segment per row. Padded batches
+(an attention mask), queries after a KV cache, and machines without the kernel (the CPU,
+float32, GPUs older than sm80, torch < 2.11) take a correct fallback: SDPA with the mask,
+or SDPA with a block-diagonal mask built from the same boundaries. Soft-capped attention
+and attention sinks are refused.
 """
 
 from __future__ import annotations
@@ -19,38 +21,59 @@ import functools
 import inspect
 from typing import Any
 
-__all__ = ["VARLEN", "cu_seq_lens", "register_varlen", "varlen_available"]
+from lorakit.errors import ConfigError
+
+__all__ = [
+    "VARLEN",
+    "VARLEN_ARCHITECTURES",
+    "cu_seq_lens",
+    "register_varlen",
+    "varlen_available",
+]
 
 VARLEN = "lorakit_varlen"
 """The name under which the kernel is registered with transformers' attention interface."""
 
 
+VARLEN_ARCHITECTURES = frozenset({"phi3", "llama", "mistral", "qwen2", "qwen3"})
+"""Model types whose attention is plain causal softmax attention (no soft-capping, sinks
+or bidirectional parts), which ``auto`` may run with the varlen kernel."""
+
+
 @functools.cache
-def _varlen_fn() -> tuple[Any, bool] | None:
-    """PyTorch's ``varlen_attn`` and whether it takes ``window_size`` (torch >= 2.11), or None."""
+def _varlen_fn() -> Any:
+    """PyTorch's ``varlen_attn`` with ``window_size`` and ``scale`` (torch >= 2.11), or None."""
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         return None
-    return varlen_attn, "window_size" in inspect.signature(varlen_attn).parameters
+    params = inspect.signature(varlen_attn).parameters
+    return varlen_attn if {"window_size", "scale"} <= params.keys() else None
 
 
 def varlen_available() -> bool:
-    """Whether this torch has variable-length flash attention and a CUDA GPU to run it."""
+    """Whether this torch has the varlen kernel and a GPU that runs flash attention (sm80+)."""
     import torch
 
-    return _varlen_fn() is not None and torch.cuda.is_available()
+    return (
+        _varlen_fn() is not None
+        and torch.cuda.is_available()
+        and torch.cuda.get_device_capability() >= (8, 0)
+    )
 
 
 def cu_seq_lens(position_ids: Any) -> tuple[Any, int]:
     """Cumulative example boundaries (int32, over the flattened batch) and the longest example.
 
-    Every example, and every row, starts where its position id is 0.
+    ``position_ids`` is (batch, length). An example starts where its position id is 0, and
+    every row starts one, whatever its first position id.
     """
     import torch
 
+    length = position_ids.shape[-1]
     flat = position_ids.reshape(-1)
-    starts = torch.nonzero(flat == 0).reshape(-1)
+    index = torch.arange(flat.numel(), device=flat.device)
+    starts = torch.nonzero((flat == 0) | (index % length == 0)).reshape(-1)
     end = torch.tensor([flat.numel()], device=flat.device, dtype=starts.dtype)
     bounds = torch.cat([starts, end]).to(torch.int32)
     return bounds, int((bounds[1:] - bounds[:-1]).max())
@@ -83,6 +106,13 @@ def varlen_attention_forward(
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
+        raise ConfigError(
+            "varlen attention computes plain causal attention: this model soft-caps its "
+            "attention scores or uses attention sinks",
+            field="model.attn_implementation",
+            hint="use eager or flex_attention for this model",
+        )
     batch, heads, length, dim = query.shape
     if attention_mask is not None or key.shape[2] != length:
         # A padded batch, or decoding against a cache: plain SDPA is right and fast.
@@ -97,7 +127,8 @@ def varlen_attention_forward(
             return sdpa_attention_forward(
                 module, query, key, value, None, scaling=scaling, **kwargs
             )
-        bounds, longest = cu_seq_lens(position_ids)
+        # A model may pass one (1, length) row of positions for a whole batch.
+        bounds, longest = cu_seq_lens(position_ids.expand(batch, length))
     bounds = bounds.to(device=query.device, dtype=torch.int32)
     total = batch * length
     q = query.transpose(1, 2).reshape(total, heads, dim)
@@ -107,23 +138,19 @@ def varlen_attention_forward(
         k = k.repeat_interleave(heads // k.shape[1], dim=1)
         v = v.repeat_interleave(heads // v.shape[1], dim=1)
     window = sliding_window if sliding_window is not None and longest > sliding_window else None
-    found = _varlen_fn()
-    fast = (
-        found is not None
+    varlen_attn = _varlen_fn()
+    if (
+        varlen_attn is not None
         and query.is_cuda
         and query.dtype in (torch.float16, torch.bfloat16)
-        and (window is None or found[1])
         and not dropout
-    )
-    if fast:
-        assert found is not None
-        varlen_attn, has_window = found
-        causal = (
-            {"window_size": (-1 if window is None else window - 1, 0)}
-            if has_window
-            else {"is_causal": True}
+    ):
+        # window_size (left, right): (-1, 0) is causal; (W - 1, 0) keeps W keys per query,
+        # as transformers' sliding window does.
+        left = -1 if window is None else window - 1
+        out = varlen_attn(
+            q, k, v, bounds, bounds, longest, longest, scale=scaling, window_size=(left, 0)
         )
-        out = varlen_attn(q, k, v, bounds, bounds, longest, longest, scale=scaling, **causal)
     else:
         mask = _block_causal_mask(bounds, total, window)
         out = torch.nn.functional.scaled_dot_product_attention(
@@ -138,11 +165,18 @@ def varlen_attention_forward(
 
 
 def _varlen_mask(**kwargs: Any) -> Any:
-    """No mask for unpadded or packed batches (the kernel reads the boundaries); SDPA's otherwise."""
-    if kwargs.get("attention_mask") is None:
-        return None
+    """No mask for an unpadded batch without a cache (the kernel reads the example
+    boundaries); SDPA's mask otherwise (padding, or queries after cached keys)."""
     from transformers.masking_utils import sdpa_mask
 
+    queries = kwargs.get("q_length")
+    if queries is None and kwargs.get("cache_position") is not None:  # transformers < 5.2x
+        queries = kwargs["cache_position"].shape[0]
+    fresh = queries == kwargs.get("kv_length") and not (
+        kwargs.get("q_offset") or kwargs.get("kv_offset")
+    )
+    if kwargs.get("attention_mask") is None and fresh:
+        return None
     return sdpa_mask(**kwargs)
 
 

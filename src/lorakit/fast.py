@@ -91,7 +91,13 @@ def _lean_lora_forward(
     import torch
     import torch.nn.functional as F
 
-    if args or kwargs or module.disable_adapters or module.merged:
+    if (
+        args
+        or kwargs
+        or module.disable_adapters
+        or module.merged
+        or not getattr(module, "cast_input_dtype_enabled", True)
+    ):
         return peft_forward(x, *args, **kwargs)
     active = [name for name in module.active_adapters if name in module.lora_A]
     if len(active) != 1 or active[0] in module.lora_variant:
@@ -101,17 +107,21 @@ def _lean_lora_forward(
     if lora_a.bias is not None or lora_b.bias is not None:
         return peft_forward(x, *args, **kwargs)
     result = module.base_layer(x)
-    autocast = torch.is_autocast_enabled(x.device.type)
+    device = x.device.type
+    autocast = torch.is_autocast_enabled(device)
+    # As PEFT: under autocast the products run in the autocast dtype; without it, the
+    # input is cast to the adapter's dtype.
     h = module.lora_dropout[name](x if autocast else x.to(lora_a.weight.dtype))
     h = F.linear(h, lora_a.weight)
     scaling = module.scaling[name]
-    if autocast or h.dtype == result.dtype:
-        width = result.shape[-1]
-        fused = torch.addmm(
-            result.reshape(-1, width), h.reshape(-1, h.shape[-1]), lora_b.weight.t(), alpha=scaling
-        )
-        return fused.view(result.shape)
-    return result + (F.linear(h, lora_b.weight) * scaling).to(result.dtype)
+    product_dtype = torch.get_autocast_dtype(device) if autocast else h.dtype
+    if result.dtype != product_dtype:  # keep the base output's precision
+        return result + (F.linear(h, lora_b.weight) * scaling).to(result.dtype)
+    width = result.shape[-1]
+    fused = torch.addmm(
+        result.reshape(-1, width), h.reshape(-1, h.shape[-1]), lora_b.weight.t(), alpha=scaling
+    )
+    return fused.view(result.shape)
 
 
 def checkpoint_layers(model: Any) -> list[Any]:

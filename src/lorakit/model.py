@@ -68,8 +68,9 @@ class ModelSpec:
             ``save_pretrained``, or ``tiny-phi3`` for lorakit's built-in tiny Phi-3.
         revision: a branch, tag or commit of the model id.
         quant: weight quantisation.
-        attn_implementation: ``auto`` (``varlen`` on a CUDA GPU computing in 16 bits where
-            PyTorch has variable-length flash attention, else ``sdpa``), ``varlen`` (flash
+        attn_implementation: ``auto`` (``varlen`` for plain causal architectures such as
+            Phi-3 and Llama on a CUDA GPU of compute capability 8.0 or newer, computing in
+            16 bits, with torch 2.11 or later; else ``sdpa``), ``varlen`` (flash
             attention over each packed example, see :mod:`lorakit.attention`), ``sdpa``
             (PyTorch scaled-dot-product attention; packed rows through a block-diagonal
             mask), ``eager``, ``flash_attention_2`` or ``flex_attention``.
@@ -108,15 +109,34 @@ def resolve_compute_dtype(name: DtypeName, *, cuda: bool, bf16_supported: bool) 
     return "bfloat16" if bf16_supported else "float16"
 
 
-def resolve_attention(name: str, *, cuda: bool, dtype_name: str) -> str:
-    """``auto`` -> ``varlen`` on a CUDA GPU computing in 16 bits where the kernel exists, else ``sdpa``."""
+def resolve_attention(name: str, *, cuda: bool, dtype_name: str, model_type: str | None) -> str:
+    """``auto`` -> ``varlen`` for a plain causal architecture on a GPU that runs the kernel
+    (sm80+, torch 2.11+) computing in 16 bits; ``sdpa`` otherwise."""
     if name != "auto":
         return name
-    from lorakit.attention import varlen_available
+    from lorakit.attention import VARLEN_ARCHITECTURES, varlen_available
 
-    if cuda and dtype_name in ("bfloat16", "float16") and varlen_available():
+    if (
+        cuda
+        and dtype_name in ("bfloat16", "float16")
+        and model_type in VARLEN_ARCHITECTURES
+        and varlen_available()
+    ):
         return "varlen"
     return "sdpa"
+
+
+def _model_type(path: str, spec: ModelSpec) -> str | None:
+    """The checkpoint's ``model_type`` from its config, or None when it cannot be read here."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(
+            path, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+        )
+    except (OSError, ValueError):
+        return None  # the model load below says what is wrong
+    return getattr(config, "model_type", None)
 
 
 def _local_rank() -> int:
@@ -170,7 +190,12 @@ def load_hf_model(spec: ModelSpec) -> LoadedModel:
         notes.append(f"no CUDA GPU: computing in float32 instead of {spec.quant.compute_dtype}")
     dtype = getattr(torch, dtype_name)
     path = resolve_model_path(spec.name)
-    attn = resolve_attention(spec.attn_implementation, cuda=cuda, dtype_name=dtype_name)
+    attn = resolve_attention(
+        spec.attn_implementation,
+        cuda=cuda,
+        dtype_name=dtype_name,
+        model_type=_model_type(path, spec) if spec.attn_implementation == "auto" else None,
+    )
     if spec.attn_implementation == "auto":
         notes.append(f"attention: {attn}")
     kwargs: dict[str, Any] = {
