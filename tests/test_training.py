@@ -239,12 +239,21 @@ def test_cli_train_tiny_preset(tmp_path):
             "training.eval_steps=10",
             "--set",
             "training.save_steps=10",
+            "--max-memory-gb",
+            "8",
         ],
     )
     assert result.exit_code == 0, result.output
     assert "done 20 steps" in result.output
     report = json.loads((run_dir / "report.json").read_text())
     assert report["data"]["rows_read"] == 98
+    recipe = json.loads((run_dir / "recipe.json").read_text())
+    assert recipe["recipe"]["training"]["max_memory_gb"] == 8.0
+    assert "no CUDA GPU: training.max_memory_gb=8.0 is ignored" in report["notes"]
+    negative = CliRunner(env={"COLUMNS": "200"}).invoke(
+        main, ["train", "medqa_phi3_tiny", "--max-memory-gb", "-1"]
+    )
+    assert negative.exit_code == 2 and "training.max_memory_gb" in negative.output
     bad = CliRunner(env={"COLUMNS": "200"}).invoke(
         main, ["train", "medqa_phi3_tiny", "--set", "adapter.rnk=8"]
     )

@@ -127,15 +127,28 @@ def presets_command(as_json: bool) -> None:
 @click.option(
     "--run-dir", type=click.Path(file_okay=False), help="Run directory (default runs/PRESET-TIME)."
 )
+@click.option(
+    "--max-memory-gb",
+    type=float,
+    metavar="G",
+    help="A GPU memory budget: checkpointing and micro-batch size are chosen to fit it "
+    "(the same as --set training.max_memory_gb=G).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def train_command(
-    preset: str, assignments: tuple[str, ...], run_dir: str | None, no_progress: bool
+    preset: str,
+    assignments: tuple[str, ...],
+    run_dir: str | None,
+    max_memory_gb: float | None,
+    no_progress: bool,
 ) -> None:
     """Fine-tune with PRESET; an unfinished run in --run-dir resumes from its last checkpoint."""
     from lorakit.overrides import parse_assignment
 
     recipe = _presets().resolve(preset)
-    overrides = dict(parse_assignment(text) for text in assignments)
+    overrides: dict[str, Any] = dict(parse_assignment(text) for text in assignments)
+    if max_memory_gb is not None:
+        overrides["training.max_memory_gb"] = max_memory_gb
     recipe = recipe.with_overrides(overrides)
     result = recipe.run(run_dir, show_progress=not no_progress)
     report = result.report
