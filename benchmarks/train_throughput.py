@@ -156,6 +156,56 @@ def counting(collate, counter: dict):  # type: ignore[no-untyped-def]
     return wrapped
 
 
+def train_padded(
+    model,  # type: ignore[no-untyped-def]
+    tokenizer,
+    examples: list,
+    steps: int,
+    warmup: int,
+    out: dict,
+    profile: Path | None,
+    pad_to: int | None,
+    **precision: object,
+) -> None:
+    """Train ``model`` as HF users do: Trainer, padded batches 4 x grad-accum 4, paged AdamW 8-bit."""
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    counter = {"tokens": 0, "padded": 0}
+    collate = counting(
+        DataCollatorForSeq2Seq(
+            tokenizer, padding="longest", label_pad_token_id=-100, pad_to_multiple_of=pad_to
+        ),
+        counter,
+    )
+    data = [
+        {"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)}
+        for e in examples
+    ]
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=4,
+        max_steps=warmup + steps + (profile is not None),
+        learning_rate=2e-4,
+        optim="paged_adamw_8bit",
+        logging_steps=1000,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        **precision,  # type: ignore[arg-type]
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        data_collator=collate,
+        callbacks=[make_timer(warmup, steps, counter, profile)],
+    )
+    model.train()
+    trainer.train()
+    out.update(counter)
+
+
 def run_seed(
     model_dir: str,
     examples: list,
@@ -167,14 +217,7 @@ def run_seed(
 ) -> None:
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoTokenizer,
-        BitsAndBytesConfig,
-        DataCollatorForSeq2Seq,
-        Trainer,
-        TrainingArguments,
-    )
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(
@@ -199,42 +242,19 @@ def run_seed(
             task_type="CAUSAL_LM",
         ),
     )
-    counter = {"tokens": 0, "padded": 0}
-    collate = counting(
-        DataCollatorForSeq2Seq(
-            tokenizer, padding="longest", label_pad_token_id=-100, pad_to_multiple_of=pad_to
-        ),
-        counter,
-    )
-    data = [
-        {"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)}
-        for e in examples
-    ]
-    args = TrainingArguments(
-        output_dir=tempfile.mkdtemp(),
-        per_device_train_batch_size=4,
-        gradient_accumulation_steps=4,
-        max_steps=warmup + steps + (profile is not None),
-        learning_rate=2e-4,
+    train_padded(
+        model,
+        tokenizer,
+        examples,
+        steps,
+        warmup,
+        out,
+        profile,
+        pad_to,
         fp16=True,
-        optim="paged_adamw_8bit",
         gradient_checkpointing=True,
         gradient_checkpointing_kwargs={"use_reentrant": True},
-        logging_steps=1000,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
     )
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=data,
-        data_collator=collate,
-        callbacks=[make_timer(warmup, steps, counter, profile)],
-    )
-    model.train()
-    trainer.train()
-    out.update(counter)
 
 
 def run_unsloth(
@@ -255,9 +275,7 @@ def run_unsloth(
     """
     os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
     os.environ.setdefault("UNSLOTH_COMPILE_LOCATION", tempfile.mkdtemp(prefix="unsloth-"))
-    from unsloth import FastLanguageModel  # noqa: I001 (first: it patches transformers and peft)
-
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from unsloth import FastLanguageModel  # first: it patches transformers and peft
 
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=model_dir, max_seq_length=MAX_LEN, dtype=None, load_in_4bit=True
@@ -272,42 +290,9 @@ def run_unsloth(
         use_gradient_checkpointing="unsloth",
         random_state=0,
     )
-    counter = {"tokens": 0, "padded": 0}
-    collate = counting(
-        DataCollatorForSeq2Seq(
-            tokenizer, padding="longest", label_pad_token_id=-100, pad_to_multiple_of=pad_to
-        ),
-        counter,
-    )
-    data = [
-        {"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)}
-        for e in examples
-    ]
-    args = TrainingArguments(
-        output_dir=tempfile.mkdtemp(),
-        per_device_train_batch_size=4,
-        gradient_accumulation_steps=4,
-        max_steps=warmup + steps + (profile is not None),
-        learning_rate=2e-4,
-        bf16=True,
-        optim="paged_adamw_8bit",
-        logging_steps=1000,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-    )
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=data,
-        data_collator=collate,
-        callbacks=[make_timer(warmup, steps, counter, profile)],
-    )
     if hasattr(model, "for_training"):
         model.for_training()
-    model.train()
-    trainer.train()
-    out.update(counter)
+    train_padded(model, tokenizer, examples, steps, warmup, out, profile, pad_to, bf16=True)
     out["notes"] = [f"unsloth: bf16, NF4 + double quant, lora_dropout {dropout}, its checkpointing"]
 
 
@@ -377,7 +362,6 @@ def run_lorakit(
 
 
 def worker(args: argparse.Namespace) -> None:
-
     lengths = json.loads(Path(args.lengths).read_text())
     # Enough examples that no row repeats within the timed steps.
     examples = synthetic_examples(lengths, n=args.examples, seed=0)

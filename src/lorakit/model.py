@@ -194,7 +194,8 @@ def load_hf_model(spec: ModelSpec) -> LoadedModel:
         spec.attn_implementation,
         cuda=cuda,
         dtype_name=dtype_name,
-        model_type=_model_type(path, spec) if spec.attn_implementation == "auto" else None,
+        # Read the config only when it can change the answer: auto on a GPU.
+        model_type=_model_type(path, spec) if spec.attn_implementation == "auto" and cuda else None,
     )
     if spec.attn_implementation == "auto":
         notes.append(f"attention: {attn}")
