@@ -533,6 +533,25 @@ def test_jsonl_malformed_json(tmp_path: Path, read: Any) -> None:
     check_error(info.value, file=path, line=3)
 
 
+@pytest.mark.parametrize(
+    ("last", "column"),
+    [
+        ('{"question": "q", "answer": \n', 28),  # cut off after the colon
+        ('{"question": "q",\r\n', 18),
+        ('  {"question": "q", "answer": "a"', 34),
+        ('{"question": "q", "answer": "a"   \t\n', 32),
+    ],
+)
+def test_jsonl_cut_off_line_reports_its_real_column(
+    last: str, column: int, tmp_path: Path, read: Any
+) -> None:
+    path = write(tmp_path / "a.jsonl", '{"question": "q", "answer": "a"}\n\n' + last)
+    with pytest.raises(DataError, match=f"invalid JSON at column {column}: ") as info:
+        read(f"jsonl:{path}")
+    check_error(info.value, file=path, line=3, hint="one complete JSON object")
+    assert "but the line ends there" in str(info.value)
+
+
 def test_a_json_document_is_not_json_lines(tmp_path: Path, read: Any) -> None:
     path = write(tmp_path / "a.jsonl", '[\n  {"question": "q", "answer": "a"}\n]\n')
     with pytest.raises(DataError, match="invalid JSON") as info:
@@ -586,6 +605,59 @@ def test_csv_wrong_cell_count(tmp_path: Path, read: Any) -> None:
     with pytest.raises(DataError, match="row has 3 cells but the header") as info:
         read(f"csv:{path}")
     check_error(info.value, file=path, line=3, hint="quote cells")
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        # the quote on line 2 never closes: a lenient parser reads lines 3-4 into that cell
+        (
+            'question,answer\nWhat is X?,"X is Y.\nIs Z?,Yes.\nWhy?,Because.\n',
+            2,
+            "the quoted cell that starts on this line is never closed: it runs to the end of "
+            "the file (line 4), taking in every row after it",
+        ),
+        # a quoted cell over two lines is fine; the quote left open after it is on line 3
+        (
+            'question,answer\n"What is\nX?","X is Y.\nIs Z?,Yes.\n',
+            3,
+            "is never closed: it runs to the end of the file (line 4)",
+        ),
+        # the quote of line 3 is closed by the opening quote of a cell on line 4
+        (
+            'question,answer\nq1,a1\nq2,"a2\nq3,"a3"\n',
+            3,
+            "the quoted cell that starts on this line closes only on line 4, where text "
+            "follows its closing quote (is a closing quote missing on this line?)",
+        ),
+        ('question,answer\nq1,"a1"x\n', 2, "text follows the closing quote of a quoted cell"),
+    ],
+)
+def test_csv_quote_errors_name_the_line_the_quote_starts(
+    text: str, line: int, message: str, tmp_path: Path, read: Any
+) -> None:
+    path = write(tmp_path / "a.csv", text)
+    with pytest.raises(DataError, match="CSV does not parse") as info:
+        read(f"csv:{path}")
+    check_error(
+        info.value, file=path, line=line, hint='write a quote inside a quoted cell twice ("")'
+    )
+    assert message in str(info.value)
+
+
+def test_csv_quote_left_open_past_the_field_size_limit(tmp_path: Path, read: Any) -> None:
+    cell = "x" * 100_000
+    path = write(tmp_path / "a.csv", f'question,answer\nq1,"a1\n{cell}\n{cell}\nq4,a4\n')
+    with pytest.raises(DataError, match="is still open at line 4: field larger than") as info:
+        read(f"csv:{path}")
+    check_error(info.value, file=path, line=2)
+
+
+def test_mmlu_quote_never_closed(tmp_path: Path, read: Any) -> None:
+    path = write(tmp_path / "x_dev.csv", 'Q1,a,b,c,d,A\nQ2,a,b,c,d,"B\nQ3,a,b,c,d,C\n')
+    with pytest.raises(DataError, match="never closed") as info:
+        read(f"mmlu:{path}")
+    check_error(info.value, file=path, line=2)
 
 
 def test_parquet_without_pyarrow(
@@ -749,9 +821,19 @@ def test_pubmedqa_not_an_object(tmp_path: Path, read: Any) -> None:
 
 def test_pubmedqa_malformed_json(tmp_path: Path, read: Any) -> None:
     path = write(tmp_path / "p.json", '{\n "1": {"QUESTION": "q",}\n}\n')
-    with pytest.raises(DataError, match="invalid JSON at column") as info:
+    with pytest.raises(DataError, match="invalid JSON at column 24: Expecting property") as info:
         read(f"pubmedqa:{path}")
     check_error(info.value, file=path, line=2)
+    assert "ends there" not in str(info.value)
+
+
+def test_pubmedqa_cut_off_file_reports_where_it_ends(tmp_path: Path, read: Any) -> None:
+    path = write(tmp_path / "p.json", '{\n "1": {"QUESTION": "q",\n  "final_decision": "yes"\n\n')
+    with pytest.raises(
+        DataError, match="invalid JSON at column 26: Expecting ',' delimiter, but the file ends"
+    ) as info:
+        read(f"pubmedqa:{path}")
+    check_error(info.value, file=path, line=3, hint="keyed by PMID")
 
 
 # -------------------------------------------------------------------- medmcqa, medqa
