@@ -83,11 +83,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=4)
     args = parser.parse_args()
 
+    import attrs
     import torch
     import transformers
 
     from lorakit import __version__
     from lorakit.evaluate.benchmarks import load_benchmark, parse_bench, run_benchmark
+    from lorakit.evaluate.spec import BenchSpec
 
     device = args.device
     if device == "auto":
@@ -102,20 +104,16 @@ def main() -> None:
     t0 = time.perf_counter()
     model, tokenizer = _load(args, device, dtype)
     load_seconds = time.perf_counter() - t0
-    options: dict[str, Any] = {
-        "shots": args.shots,
-        "choices": args.choices,
-        "mode": args.mode,
-        "batch_size": args.batch_size,
-    }
+    spec = BenchSpec(
+        shots=args.shots, choices=args.choices, mode=args.mode, batch_size=args.batch_size
+    )
     if args.warmup:
-        run_benchmark(
-            model, tokenizer, bench, location, limit=min(args.warmup, len(items)), **options
-        )
+        warmup = attrs.evolve(spec, limit=min(args.warmup, len(items)))
+        run_benchmark(model, tokenizer, bench, location, warmup)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    result = run_benchmark(model, tokenizer, bench, location, limit=args.limit, **options)
+    result = run_benchmark(model, tokenizer, bench, location, attrs.evolve(spec, limit=args.limit))
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     extra = result.metric.extra

@@ -1,12 +1,24 @@
 """Training throughput on one GPU: the seed recipe against lorakit's default and speed mode.
 
-    python benchmarks/train_throughput.py --lengths lengths.json [--steps 20] [--variants seed,default,speed]
-    python benchmarks/train_throughput.py --medquad ../shared/data/medquad ...
+    python benchmarks/train_throughput.py --medquad ../shared/data/medquad \
+        --tokenizer ../shared/data/phi3-tokenizer --write-lengths .device/medquad_phi3_lengths.json
+    python benchmarks/train_throughput.py --lengths .device/medquad_phi3_lengths.json \
+        [--steps 20] [--variants seed,default,speed]
+    python benchmarks/train_throughput.py --medquad ../shared/data/medquad --tokenizer PATH ...
 
 Builds a full-size Phi-3-mini architecture with random weights (no download), draws
-example lengths from the real MedQuAD length distribution (length model: characters of
-question + answer / 4 + 12 tokens, capped at 1024, as Phi-3's tokenizer averages about
-4 characters per token on this text), and runs each variant in its own process:
+example lengths from the real MedQuAD length distribution, and runs each variant in its
+own process. The lengths are those of the examples lorakit trains on: ``--tokenizer``
+(Phi-3's real tokenizer, ``../shared/data/phi3-tokenizer``) runs lorakit's own data
+pipeline on the ``--medquad`` folder (:func:`lorakit.data.pipeline.inspect_data`: the
+default cleaners, the ``qa`` template, the tokenizer's chat template, answer-only labels,
+cut to 1024 tokens) and takes each example's token count. ``--write-lengths FILE`` only
+writes them (a JSON object: the lengths and how they were produced; no GPU needed) and
+prints their statistics, so a GPU machine without the data and the tokenizer runs with
+``--lengths FILE`` (a plain JSON list of lengths is read too). ``--estimate-lengths``
+keeps the old length model instead (characters of question + answer / 4 + 12 tokens,
+capped at 1024; no tokenizer). The table's header says which of these the lengths came
+from. The variants:
 
 - ``seed``: the seed recipe as HF + PEFT users write it: NF4 + double quant, fp16 compute,
   ``prepare_model_for_kbit_training`` (reentrant checkpointing), LoRA r16 on attention and
@@ -29,7 +41,9 @@ recompilation, so give it that and a longer warm-up to see its steady state).
 Each variant runs ``--warmup`` optimizer steps first (new shapes build their kernels),
 then times ``--steps`` optimizer steps with the GPU synchronised at both ends. Real tokens
 are the non-padding tokens the model saw. MFU = 6 x parameters x real tokens/s over the
-measured bf16 matrix rate (790 TFLOP/s on the H200). Prints one table and writes it to
+measured bf16 matrix rate (790 TFLOP/s on the H200). "vs seed" is each variant's real
+tokens/s over that of the first variant whose name starts with ``seed`` (``seed``,
+``seed+pad_to_multiple_of=64``, ...). Prints one table and writes it to
 ``benchmarks/results/``.
 """
 
@@ -37,7 +51,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
+import math
 import os
 import random
 import subprocess
@@ -52,7 +68,15 @@ PEAK_FLOPS = 790e12
 MAX_LEN = 1024
 
 
-def medquad_lengths(folder: Path) -> list[int]:
+ESTIMATE = "chars/4+12"
+UNCUT_LEN = 65_536
+
+
+def estimated_lengths(folder: Path) -> list[int]:
+    """The old length model: (characters of question + answer) / 4 + 12, capped at MAX_LEN.
+
+    Every answered row, before cleaning; no tokenizer.
+    """
     from lorakit.data.sources import read_source
 
     lengths = []
@@ -60,6 +84,143 @@ def medquad_lengths(folder: Path) -> list[int]:
         if row.answer.strip():
             lengths.append(min(MAX_LEN, (len(row.question) + len(row.answer)) // 4 + 12))
     return lengths
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def tokenized_lengths(folder: Path, tokenizer_path: Path, *, max_len: int = MAX_LEN) -> dict:
+    """MedQuAD's example lengths as lorakit trains on them, with how they were produced.
+
+    Runs lorakit's data pipeline (:func:`~lorakit.data.pipeline.inspect_data`: read, the
+    default cleaners, the ``qa`` template rendered with the tokenizer's chat template,
+    tokenise with answer-only labels, cut to ``max_len``) with the tokenizer at
+    ``tokenizer_path``, loaded as lorakit loads one (``AutoTokenizer.from_pretrained``).
+
+    Returns:
+        A JSON-able object: ``lengths`` (each example's token count as trained, in row
+        order), ``untruncated`` (the same examples before the cut) and the provenance
+        (source, tokenizer and its ``tokenizer.json`` hash, cleaners, template, counts).
+    """
+    from transformers import AutoTokenizer
+
+    from lorakit import __version__
+    from lorakit.data.pipeline import DataSpec, inspect_data
+    from lorakit.data.tokenize import TokenizeSpec
+
+    spec = DataSpec(source=f"medquad:{folder}", tokenize=TokenizeSpec(max_len=max_len))
+    report, examples = inspect_data(spec, AutoTokenizer.from_pretrained(tokenizer_path))
+    # The same rows uncut: a max_len no MedQuAD row reaches (the longest is under 7,000).
+    uncut = DataSpec(source=spec.source, tokenize=TokenizeSpec(max_len=UNCUT_LEN))
+    uncut_report, whole = inspect_data(uncut, AutoTokenizer.from_pretrained(tokenizer_path))
+    if uncut_report.tokenization["all"].truncated or [e.origin for e in whole] != [
+        e.origin for e in examples
+    ]:
+        raise SystemExit(f"an example is longer than {UNCUT_LEN:,} tokens or was dropped")
+    tok = report.tokenization["all"]
+    json_file = Path(tokenizer_path) / "tokenizer.json"
+    return {
+        "lengths": [len(e) for e in examples],
+        "untruncated": [len(e) for e in whole],
+        "source": spec.source,
+        "tokenizer": str(tokenizer_path),
+        "tokenizer_json_sha256": _sha256(json_file) if json_file.is_file() else None,
+        "pipeline": "lorakit.data.pipeline.inspect_data",
+        "cleaners": [c.name for c in spec.cleaners],
+        "template": spec.template,
+        "max_len": max_len,
+        "rows_read": report.rows_read,
+        "examples": tok.examples,
+        "truncated": tok.truncated,
+        "zero_supervised": tok.zero_supervised,
+        "lorakit": __version__,
+        "date": str(dt.date.today()),
+    }
+
+
+def percentile(values: list[int], q: float) -> int:
+    """The nearest-rank percentile ``q`` (0-100) of ``values``."""
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
+
+
+def length_summary(values: list[int], max_len: int = MAX_LEN) -> str:
+    """``n``, mean, p50/p95/p99/max and how many exceed ``max_len``, on one line."""
+    over = sum(v > max_len for v in values)
+    return (
+        f"n={len(values):,}, mean {sum(values) / len(values):.1f}, p50 {percentile(values, 50)}, "
+        f"p95 {percentile(values, 95)}, p99 {percentile(values, 99)}, max {max(values):,}, "
+        f"over {max_len}: {over:,} ({over / len(values):.1%})"
+    )
+
+
+def describe_lengths(data: dict) -> str:
+    """Where the lengths of a lengths object came from, for the table's header."""
+    tokenizer = data.get("tokenizer")
+    if tokenizer is None:
+        return "origin not recorded"
+    digest = data.get("tokenizer_json_sha256")
+    return (
+        f"{data['source']} through {data['pipeline']} (cleaners {'+'.join(data['cleaners'])}, "
+        f"template {data['template']}, the tokenizer's chat template, cut to {data['max_len']}) "
+        f"with the tokenizer at {tokenizer}"
+        + (f" (tokenizer.json sha256 {digest[:12]})" if digest else "")
+        + f", lorakit {data['lorakit']}, {data['date']}"
+    )
+
+
+def read_lengths_file(path: Path) -> dict:
+    """A lengths file: the object ``--write-lengths`` writes, or a plain JSON list of lengths."""
+    data = json.loads(path.read_text())
+    if isinstance(data, list):
+        data = {"lengths": data}
+    lengths = data.get("lengths") if isinstance(data, dict) else None
+    if not lengths or not all(isinstance(n, int) and n > 0 for n in lengths):
+        raise SystemExit(f"{path}: expected a non-empty JSON list of positive token counts")
+    return data
+
+
+def load_lengths(args: argparse.Namespace) -> tuple[list[int], str]:
+    """The example lengths to draw from, and where they came from (the header's words)."""
+    if args.lengths:
+        data = read_lengths_file(args.lengths)
+        lengths = data["lengths"]
+        how = "written by --write-lengths: " if "tokenizer" in data else ""
+        return lengths, f"lengths from {args.lengths} ({how}{describe_lengths(data)})"
+    if not args.medquad:
+        raise SystemExit("pass --lengths FILE, or --medquad DIR with --tokenizer PATH")
+    if args.tokenizer:
+        data = tokenized_lengths(args.medquad, args.tokenizer)
+        return data["lengths"], f"MedQuAD lengths: {describe_lengths(data)}"
+    if args.estimate_lengths:
+        lengths = estimated_lengths(args.medquad)
+        return (
+            lengths,
+            f"MedQuAD lengths estimated as {ESTIMATE} tokens (no tokenizer), capped at {MAX_LEN}",
+        )
+    raise SystemExit(
+        "--medquad needs --tokenizer PATH (Phi-3's tokenizer, e.g. ../shared/data/phi3-tokenizer) "
+        f"or --estimate-lengths ({ESTIMATE}, no tokenizer)"
+    )
+
+
+def write_lengths(args: argparse.Namespace) -> None:
+    """``--write-lengths FILE``: tokenise MedQuAD with ``--tokenizer`` and write the lengths."""
+    if not (args.medquad and args.tokenizer):
+        raise SystemExit("--write-lengths needs --medquad DIR and --tokenizer PATH")
+    data = tokenized_lengths(args.medquad, args.tokenizer)
+    args.write_lengths.parent.mkdir(parents=True, exist_ok=True)
+    args.write_lengths.write_text(json.dumps(data))
+    estimate = estimated_lengths(args.medquad)
+    print(f"wrote {args.write_lengths}: {describe_lengths(data)}")
+    print(
+        f"rows read {data['rows_read']:,}, examples {data['examples']:,}, "
+        f"truncated {data['truncated']:,}, no supervised token {data['zero_supervised']:,}"
+    )
+    print(f"as trained (cut to {data['max_len']}): {length_summary(data['lengths'])}")
+    print(f"untruncated:              {length_summary(data['untruncated'])}")
+    print(f"old estimate ({ESTIMATE}, capped, every answered row): {length_summary(estimate)}")
 
 
 def build_model(folder: Path) -> None:
@@ -296,6 +457,21 @@ def run_unsloth(
     out["notes"] = [f"unsloth: bf16, NF4 + double quant, lora_dropout {dropout}, its checkpointing"]
 
 
+def lorakit_trainer(recipe, run_dir: Path, examples: list, callbacks: list):  # type: ignore[no-untyped-def]
+    """The model and Trainer exactly as ``lorakit train`` builds them: the runner's own
+    phases (load, setup: seed, Liger, LoRA, checkpointing, lean LoRA forward, memory
+    budget; build_trainer), on the benchmark's examples. Returns the trainer and the notes."""
+    from lorakit import runner
+    from lorakit.data.tokenize import ensure_pad_token
+
+    ctx = runner.open_run(recipe, run_dir, show_progress=False)
+    loaded = runner.load_model(ctx)
+    ensure_pad_token(loaded.tokenizer)  # what the data phase does before the model is set up
+    setup = runner.setup_model(ctx, loaded)
+    trainer = runner.build_trainer(ctx, setup, examples, examples[:8], callbacks=callbacks)
+    return trainer, ctx.notes
+
+
 def run_lorakit(
     model_dir: str,
     examples: list,
@@ -308,15 +484,11 @@ def run_lorakit(
     attn: str | None = None,
     extra: dict[str, str] | None = None,
 ) -> None:
-    from lorakit.adapter import apply_adapter
-    from lorakit.data.tokenize import ensure_pad_token
-    from lorakit.fast import apply_liger, fuse_lora, set_checkpointing
-    from lorakit.model import ModelSpec, QuantizedModelBuilder
     from lorakit.presets import medqa_phi3, medqa_phi3_speed
-    from lorakit.train import TrainerFactory
 
     recipe = medqa_phi3_speed if speed else medqa_phi3
     overrides = {
+        "model.name": model_dir,
         "training.max_steps": warmup + steps + (profile is not None),
         "training.eval_steps": 10_000,
         "training.save_steps": 10_000,
@@ -327,38 +499,18 @@ def run_lorakit(
         overrides["model.attn_implementation"] = attn
     overrides |= {f"training.{key}": value for key, value in (extra or {}).items()}
     recipe = recipe.with_overrides(overrides)
-    training = recipe.training
-    loaded = QuantizedModelBuilder(
-        ModelSpec(
-            name=model_dir,
-            quant=recipe.model.quant,
-            attn_implementation=recipe.model.attn_implementation,
-        )
-    ).build()
-    pad_id = ensure_pad_token(loaded.tokenizer)
-    notes = [apply_liger(loaded.model, training.liger)]
-    model, _ = apply_adapter(
-        loaded.model, recipe.adapter, gradient_checkpointing=training.gradient_checkpointing
-    )
-    if training.gradient_checkpointing:
-        set_checkpointing(model, training.checkpoint_every)
-    if training.fused_lora:
-        fuse_lora(model)
     counter = {"tokens": 0, "padded": 0}
-    factory = TrainerFactory(
-        training,
-        Path(tempfile.mkdtemp()),
-        loaded.compute_dtype,
-        callbacks=[make_timer(warmup, steps, counter, profile)],
-    )
-    trainer = factory.create(
-        model, loaded.tokenizer, examples, examples[:8], pad_id=pad_id, max_len=MAX_LEN
+    trainer, notes = lorakit_trainer(
+        recipe,
+        Path(tempfile.mkdtemp()) / "run",
+        examples,
+        [make_timer(warmup, steps, counter, profile)],
     )
     trainer.data_collator = counting(trainer.data_collator, counter)
-    model.train()
+    trainer.model.train()
     trainer.train()
     out.update(counter)
-    out["notes"] = [n for n in notes + factory.notes + loaded.notes if n]
+    out["notes"] = [n for n in notes if n]
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -407,6 +559,23 @@ def worker(args: argparse.Namespace) -> None:
     Path(args.result).write_text(json.dumps(result))
 
 
+def seed_baseline(results: list[dict]) -> dict | None:
+    """The "vs seed" baseline: the first variant whose name starts with ``seed``, if any.
+
+    It may have failed (an ``error`` key); then no variant gets a "vs seed" figure.
+    """
+    return next((r for r in results if str(r["variant"]).startswith("seed")), None)
+
+
+def baseline_line(baseline: dict | None) -> str:
+    """The header's words on what "vs seed" divides by."""
+    if baseline is None:
+        return "vs seed: no variant whose name starts with 'seed' ran"
+    if "error" in baseline:
+        return f"vs seed: the baseline variant {baseline['variant']} failed"
+    return f"vs seed: real tokens/s over variant {baseline['variant']}"
+
+
 def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -423,7 +592,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--medquad", type=Path, help="MedQuAD folder to take lengths from")
     parser.add_argument(
-        "--lengths", type=Path, help="a JSON list of lengths (instead of --medquad)"
+        "--tokenizer",
+        type=Path,
+        help="Phi-3's tokenizer folder: --medquad lengths from lorakit's pipeline with it",
+    )
+    parser.add_argument(
+        "--estimate-lengths",
+        action="store_true",
+        help=f"--medquad lengths from the old {ESTIMATE} model instead of a tokenizer",
+    )
+    parser.add_argument(
+        "--lengths",
+        type=Path,
+        help="a lengths file from --write-lengths, or a JSON list (instead of --medquad)",
+    )
+    parser.add_argument(
+        "--write-lengths",
+        type=Path,
+        metavar="FILE",
+        help="write the --medquad/--tokenizer lengths to FILE, print their statistics, and stop",
     )
     parser.add_argument("--variants", default="seed,default,speed")
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per variant")
@@ -447,17 +634,15 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
+    if args.write_lengths:
+        write_lengths(args)
+        return
 
     import torch
 
     work = Path(tempfile.mkdtemp(prefix="lorakit-bench-"))
     lengths_file = work / "lengths.json"
-    if args.lengths:
-        lengths = json.loads(args.lengths.read_text())
-    elif args.medquad:
-        lengths = medquad_lengths(args.medquad)
-    else:
-        raise SystemExit("pass --medquad DIR or --lengths FILE")
+    lengths, lengths_origin = load_lengths(args)
     lengths_file.write_text(json.dumps(lengths))
     model_dir = work / "phi3-mini-random"
     build_model(model_dir)
@@ -497,15 +682,14 @@ def main() -> None:
             results.append({"variant": variant, "error": f"exit code {done.returncode}"})
             continue
         results.append(json.loads(result_file.read_text()))
-    base = next(
-        (r["real_tokens_per_s"] for r in results if r["variant"] == "seed" and "error" not in r),
-        None,
-    )
+    baseline = seed_baseline(results)
+    base = baseline.get("real_tokens_per_s") if baseline else None
     lines = [
         f"Training throughput, {dt.date.today()}, {torch.cuda.get_device_name()}, full-size Phi-3-mini (random weights), "
-        f"MedQuAD lengths (chars/4+12, n={len(lengths)}, mean {sum(lengths) / len(lengths):.0f}), "
         f"{args.warmup} warm-up + {args.steps} timed optimizer steps per variant",
+        f"example lengths (n={len(lengths):,}, mean {sum(lengths) / len(lengths):.0f}): {lengths_origin}",
         "versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
+        baseline_line(baseline),
         "",
         "| variant | real tokens/s | padding share | peak GiB | MFU | vs seed |",
         "|---|---|---|---|---|---|",
@@ -524,7 +708,15 @@ def main() -> None:
     stem = f"{dt.date.today()}-train-throughput-{torch.cuda.get_device_name().replace(' ', '-')}"
     (args.out / f"{stem}.md").write_text(table + "\n")
     (args.out / f"{stem}.json").write_text(
-        json.dumps({"results": results, "versions": versions()}, indent=2)
+        json.dumps(
+            {
+                "results": results,
+                "versions": versions(),
+                "lengths": lengths_origin,
+                "baseline": baseline["variant"] if base else None,
+            },
+            indent=2,
+        )
     )
 
 

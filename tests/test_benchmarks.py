@@ -8,17 +8,18 @@ import os
 import pytest
 
 from lorakit.errors import ConfigError, DataError
+from lorakit.evaluate.adapter_check import check_adapter_base
 from lorakit.evaluate.benchmarks import (
     BENCHMARKS,
     MMLU_MEDICAL_SUBJECTS,
     Benchmark,
     BenchmarkResult,
-    check_adapter_base,
-    compare,
     load_benchmark,
     parse_bench,
     run_benchmark,
 )
+from lorakit.evaluate.compare import compare
+from lorakit.evaluate.spec import BenchSpec
 
 pytest.importorskip("torch")
 
@@ -90,7 +91,11 @@ def test_every_mcq_benchmark_runs_on_the_real_files(tiny_lm, bench_paths, name):
             return seen.append
 
     result = run_benchmark(
-        model, tokenizer, f"{name}:{bench_paths[name]}", limit=LIMIT, progress=Progress()
+        model,
+        tokenizer,
+        f"{name}:{bench_paths[name]}",
+        spec=BenchSpec(limit=LIMIT),
+        progress=Progress(),
     )
     assert isinstance(result, BenchmarkResult)
     assert result.n == LIMIT and sum(seen) == LIMIT
@@ -107,7 +112,7 @@ def test_every_mcq_benchmark_runs_on_the_real_files(tiny_lm, bench_paths, name):
 def test_heldout_is_scored_by_perplexity(tiny_lm, bench_paths):
     model, tokenizer = tiny_lm
     result = run_benchmark(
-        model, tokenizer, "heldout", bench_paths["heldout"], limit=4, max_len=256
+        model, tokenizer, "heldout", bench_paths["heldout"], BenchSpec(limit=4, max_len=256)
     )
     assert result.n == 4 and result.accuracy is None and result.perplexity > 1.0
     data = result.to_dict()
@@ -120,7 +125,7 @@ def test_heldout_takes_rows_directly(tiny_lm, shared_data):
 
     model, tokenizer = tiny_lm
     rows = list(read_source(f"medquad:{shared_data / 'medquad' / '5_NIDDK_QA'}"))[:3]
-    result = run_benchmark(model, tokenizer, "heldout", rows=rows, max_len=128)
+    result = run_benchmark(model, tokenizer, "heldout", spec=BenchSpec(max_len=128), rows=rows)
     assert result.n == 3 and result.location == "(rows)"
     with pytest.raises(ConfigError, match="no rows"):
         run_benchmark(model, tokenizer, "heldout", rows=[])
@@ -131,14 +136,20 @@ def test_mmlu_medical_scores_per_subject_with_same_subject_exemplars(tiny_lm, be
     items, _ = load_benchmark(BENCHMARKS["mmlu_medical"], bench_paths["mmlu_medical"])
     assert len(items) == 30 and {r.category for r in items} == set(MMLU_MEDICAL_SUBJECTS)
     result = run_benchmark(
-        model, tokenizer, "mmlu_medical", bench_paths["mmlu_medical"], shots=2, batch_size=16
+        model,
+        tokenizer,
+        "mmlu_medical",
+        bench_paths["mmlu_medical"],
+        BenchSpec(shots=2, batch_size=16),
     )
     assert set(result.per_category) == set(MMLU_MEDICAL_SUBJECTS)
     assert all(score["n"] == 5 for score in result.per_category.values())
     assert result.shots == 2
     # five dev rows per subject: four exemplars at most besides the item
     with pytest.raises(ConfigError, match="shots=5 but only 4 exemplars of category"):
-        run_benchmark(model, tokenizer, "mmlu_medical", bench_paths["mmlu_medical"], shots=5)
+        run_benchmark(
+            model, tokenizer, "mmlu_medical", bench_paths["mmlu_medical"], BenchSpec(shots=5)
+        )
 
 
 def test_mmlu_test_folder_takes_exemplars_from_dev(tmp_path, shared_data):
@@ -240,8 +251,8 @@ def test_compare_base_and_adapter_over_the_same_items(tiny_lm, tmp_path_factory,
         build_tiny_phi3(tmp_path_factory.mktemp("other"), seed=1)
     )
     path = bench_paths["mmlu_medical"]
-    base = run_benchmark(model, tokenizer, "mmlu_medical", path, batch_size=16)
-    adapter = run_benchmark(other, tokenizer, "mmlu_medical", path, batch_size=16)
+    base = run_benchmark(model, tokenizer, "mmlu_medical", path, BenchSpec(batch_size=16))
+    adapter = run_benchmark(other, tokenizer, "mmlu_medical", path, BenchSpec(batch_size=16))
     same = compare(base, base)
     assert (same.delta, same.ci_low, same.ci_high, same.significant) == (0.0, 0.0, 0.0, False)
     diff = compare(base, adapter, seed=1)
@@ -249,17 +260,19 @@ def test_compare_base_and_adapter_over_the_same_items(tiny_lm, tmp_path_factory,
     assert diff.ci_low <= diff.delta <= diff.ci_high
     assert set(diff.per_category) == set(MMLU_MEDICAL_SUBJECTS)
     assert diff.to_dict()["measure"] == "accuracy"
-    fewer = run_benchmark(other, tokenizer, "mmlu_medical", path, limit=10)
+    fewer = run_benchmark(other, tokenizer, "mmlu_medical", path, BenchSpec(limit=10))
     with pytest.raises(ConfigError, match="different items"):
         compare(base, fewer)
-    medqa = run_benchmark(model, tokenizer, "medqa", bench_paths["medqa"], limit=2)
+    medqa = run_benchmark(model, tokenizer, "medqa", bench_paths["medqa"], BenchSpec(limit=2))
     with pytest.raises(ConfigError, match="cannot compare benchmark"):
         compare(base, medqa)
 
 
 def test_compare_perplexity(tiny_lm, bench_paths):
     model, tokenizer = tiny_lm
-    held = run_benchmark(model, tokenizer, "heldout", bench_paths["heldout"], limit=2, max_len=128)
+    held = run_benchmark(
+        model, tokenizer, "heldout", bench_paths["heldout"], BenchSpec(limit=2, max_len=128)
+    )
     result = compare(held, held)
     assert (result.measure, result.delta, result.ci_low) == ("perplexity", 0.0, None)
 
@@ -314,5 +327,218 @@ def test_a_location_given_twice_is_an_error(tiny_lm, bench_paths):
     model, tokenizer = tiny_lm
     with pytest.raises(ConfigError, match="names its location"):
         run_benchmark(model, tokenizer, f"medqa:{bench_paths['medqa']}", bench_paths["medqa"])
-    result = run_benchmark(model, tokenizer, "medqa", bench_paths["medqa"], limit=2)
+    result = run_benchmark(model, tokenizer, "medqa", bench_paths["medqa"], BenchSpec(limit=2))
     assert result.n == 2
+
+
+def test_check_adapter_shapes_reads_only_the_safetensors_header(tmp_path, tiny_phi3):
+    from lorakit.evaluate.adapter_check import adapter_tensor_shapes, check_adapter_shapes
+
+    adapter = _adapter(tmp_path, str(tiny_phi3))
+    check_adapter_shapes(adapter, str(tiny_phi3))  # no weights file: nothing to compare
+    (adapter / "adapter_model.safetensors").write_bytes(b"\x10\x00")
+    with pytest.raises(ConfigError, match=r"adapter_model\.safetensors: field 'adapter'"):
+        adapter_tensor_shapes(adapter)
+    from safetensors.numpy import save_file
+
+    numpy = pytest.importorskip("numpy")
+    key = "base_model.model.model.layers.0.self_attn.qkv_proj.lora_{}.weight"
+    save_file(
+        {
+            key.format("A"): numpy.zeros((4, 64), "float32"),
+            key.format("B"): numpy.zeros((192, 4), "float32"),
+        },
+        str(adapter / "adapter_model.safetensors"),
+    )
+    assert adapter_tensor_shapes(adapter)[key.format("B")] == (192, 4)
+    check_adapter_shapes(adapter, str(tiny_phi3))  # fits
+    check_adapter_shapes(adapter, str(tmp_path / "not-a-model"))  # no config here: loading says why
+    save_file(
+        {
+            key.format("A"): numpy.zeros((4, 64), "float32"),
+            key.format("B"): numpy.zeros((96, 4), "float32"),
+        },
+        str(adapter / "adapter_model.safetensors"),
+    )
+    with pytest.raises(ConfigError, match="qkv_proj has 96 output features in the adapter, 192 in"):
+        check_adapter_shapes(adapter, str(tiny_phi3))
+
+
+# --------------------------------------------------------------------------- the spec
+
+
+def test_bench_spec_validates_and_fills_the_benchmark_defaults():
+    spec = BenchSpec(text_metrics="token_f1, rouge_l")
+    assert spec.text_metrics == ("token_f1", "rouge_l")
+    mmlu = spec.for_benchmark(BENCHMARKS["mmlu_medical"])
+    assert (mmlu.choices, mmlu.shots, mmlu.fewshot_by_category) == ("letters", 0, True)
+    assert mmlu.description.startswith("The following are multiple choice questions")
+    mine = BenchSpec(choices="texts", shots=2, fewshot_by_category=False, description="")
+    assert mine.for_benchmark(BENCHMARKS["mmlu_medical"]) == mine
+    assert BenchSpec().for_benchmark(BENCHMARKS["pubmedqa"]).choices == "texts"
+    for bad, field in [
+        ({"limit": 0}, "limit"),
+        ({"shots": -1}, "shots"),
+        ({"choices": "words"}, "choices"),
+        ({"mode": "sample"}, "mode"),
+        ({"batch_size": True}, "batch_size"),
+        ({"chat_template": "yes"}, "chat_template"),
+        ({"text_metrics": [1]}, "text_metrics"),
+        ({"template_options": "system"}, "template_options"),
+    ]:
+        with pytest.raises(ConfigError, match=f"field '{field}'"):
+            BenchSpec(**bad)
+
+
+def test_bench_spec_from_recipe():
+    from lorakit.presets import medqa_phi3_tiny
+
+    recipe = medqa_phi3_tiny.with_overrides(
+        {
+            "evaluation.limit": 5,
+            "evaluation.shots": 1,
+            "evaluation.metrics": "token_f1",
+            "evaluation.max_new_tokens": 16,
+            "data.template_options": "system=Be brief.",
+            "data.tokenize.max_len": 256,
+        }
+    )
+    spec = BenchSpec.from_recipe(recipe)
+    assert (spec.limit, spec.shots, spec.chat_template) == (5, 1, recipe.evaluation.chat_template)
+    assert spec.batch_size == recipe.training.eval_batch_size and spec.max_len == 256
+    assert spec.text_metrics == ("token_f1",) and spec.max_new_tokens == 16
+    assert (spec.template, dict(spec.template_options)) == ("qa", {"system": "Be brief."})
+
+
+def test_check_benchmarks_reads_every_file(bench_paths, tmp_path, registries):
+    from lorakit.evaluate.benchmarks import check_benchmarks
+
+    parsed = check_benchmarks(
+        [f"medqa:{bench_paths['medqa']}", (BENCHMARKS["heldout"], bench_paths["heldout"])],
+        registries=registries,
+    )
+    assert [(b.name, loc) for b, loc in parsed] == [
+        ("medqa", bench_paths["medqa"]),
+        ("heldout", bench_paths["heldout"]),
+    ]
+    with pytest.raises(DataError, match=r"missing\.jsonl"):
+        check_benchmarks([f"medqa:{tmp_path / 'missing.jsonl'}"], registries=registries)
+    with pytest.raises(ConfigError, match="did you mean 'pubmedqa'"):
+        check_benchmarks(["pubmed:x"], registries=registries)
+
+
+# --------------------------------------------------------------------------- one evaluation path
+
+
+@pytest.fixture(scope="module")
+def peft_lm(tiny_phi3):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_phi3)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["qkv_proj", "o_proj"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # make the adapter change the model
+    return peft_model, AutoTokenizer.from_pretrained(tiny_phi3)
+
+
+def test_compare_with_base_scores_both_sides_of_every_benchmark(peft_lm, bench_paths, tiny_lm):
+    from lorakit.evaluate.session import compare_with_base
+
+    model, tokenizer = peft_lm
+    seen: list[str] = []
+
+    class Progress:
+        def task(self, description, total=None):
+            seen.append(description)
+            return lambda n: None
+
+    spec = BenchSpec(limit=4, max_len=128)
+    benches = [f"mmlu_medical:{bench_paths['mmlu_medical']}", f"heldout:{bench_paths['heldout']}"]
+    results = compare_with_base(model, tokenizer, benches, spec, progress=Progress())
+    assert [r.bench for r in results] == ["mmlu_medical", "heldout"]
+    assert seen == [
+        "Scoring mmlu_medical (base)",
+        "Scoring mmlu_medical (adapter)",
+        "Scoring heldout (base)",
+        "Scoring heldout (adapter)",
+    ]
+    mmlu, held = results
+    plain = run_benchmark(tiny_lm[0], tokenizer, "mmlu_medical", bench_paths["mmlu_medical"], spec)
+    assert mmlu.base.metric.choices == plain.metric.choices  # adapter off = the base model
+    assert mmlu.comparison == compare(mmlu.base, mmlu.adapter)
+    assert held.comparison.measure == "perplexity" and held.comparison.delta != 0
+    assert set(mmlu.to_dict()) == {"base", "adapter", "compare"}
+    with pytest.raises(ConfigError, match="needs a PEFT model with an adapter"):
+        compare_with_base(tiny_lm[0], tokenizer, benches, spec)
+
+
+def test_evaluate_run_reports_benchmarks_and_the_test_split(
+    peft_lm, bench_paths, registries, monkeypatch
+):
+    from lorakit.data.pipeline import prepare_data
+    from lorakit.evaluate import generate
+    from lorakit.evaluate.perplexity import answer_loss
+    from lorakit.evaluate.session import evaluate_run
+    from lorakit.presets import medqa_phi3_tiny
+    from lorakit.train import QACollator
+
+    system = "You are a careful medical assistant."
+    recipe = medqa_phi3_tiny.with_overrides(
+        {
+            "evaluation.benchmarks": f"mmlu_medical:{bench_paths['mmlu_medical']}",
+            "evaluation.limit": 4,
+            "evaluation.metrics": "token_f1,rouge_l",
+            "evaluation.max_new_tokens": 8,
+            "data.template_options": f"system={system}",
+        }
+    )
+    model, tokenizer = peft_lm
+    data = prepare_data(recipe.data, tokenizer, registries=registries)
+    prompts: list[list[int]] = []
+    real = generate.generate_from_ids
+
+    def spy(model, tokenizer, ids, *args, **kwargs):
+        prompts.extend(ids)
+        return real(model, tokenizer, ids, *args, **kwargs)
+
+    monkeypatch.setattr(generate, "generate_from_ids", spy)
+    collate = QACollator(tokenizer.pad_token_id)
+    report = evaluate_run(
+        model,
+        tokenizer,
+        recipe,
+        test_examples=data.examples["test"],
+        test_rows=list(data.splits.test),
+        collate=collate,
+        progress=None,
+        registries=registries,
+    )
+    json.dumps(report)
+    assert set(report) == {"mmlu_medical", "heldout"}
+    mmlu = report["mmlu_medical"]
+    assert set(mmlu) == {"base", "adapter", "compare"}
+    assert mmlu["base"]["n"] == mmlu["adapter"]["n"] == 4
+    assert list(mmlu["adapter"])[:5] == ["bench", "n", "accuracy", "ci_low", "ci_high"]
+    assert mmlu["adapter"]["shots"] == 0 and "free_text" not in mmlu["adapter"]
+    assert mmlu["compare"]["measure"] == "accuracy"
+    held = report["heldout"]
+    assert set(held) == {"base", "adapter", "compare"}
+    assert (
+        set(held["compare"]) == {"measure", "delta"} and held["compare"]["measure"] == "perplexity"
+    )
+    for side in ("base", "adapter"):
+        assert set(held[side]) == {"loss", "perplexity", "tokens", "examples", "free_text"}
+        assert held[side]["free_text"]["n"] == min(4, len(data.splits.test))
+        assert set(held[side]["free_text"]["metrics"]) == {"token_f1", "rouge_l"}
+        assert "items" not in held[side]["free_text"]
+    direct = answer_loss(
+        model, data.examples["test"], collate, batch_size=recipe.training.eval_batch_size
+    )
+    assert held["adapter"] == {**direct.to_dict(), "free_text": held["adapter"]["free_text"]}
+    # Generated answers are prompted with the run's own template and its system prompt.
+    assert len(prompts) == 2 * held["base"]["free_text"]["n"]
+    assert all(system in tokenizer.decode(ids) for ids in prompts)

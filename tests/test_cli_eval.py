@@ -90,3 +90,89 @@ def test_eval_rejects_an_adapter_of_another_base(adapter_dir, shared_data, tmp_p
 def test_eval_unknown_benchmark_suggests_the_nearest(tiny_phi3):
     result = CliRunner().invoke(main, ["eval", "--model", str(tiny_phi3), "--bench", "medqaa:x"])
     assert result.exit_code == 2 and "did you mean 'medqa'" in result.output
+
+
+def _save_adapter(model_dir, out):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["qkv_proj", "o_proj"]))
+    peft_model.save_pretrained(out)
+    return out
+
+
+def _rebuild(model_dir, **sizes):
+    """Overwrite the model in ``model_dir`` with one of other sizes, keeping its name."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    for key, value in sizes.items():
+        setattr(config, key, value)
+    AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "difference"),
+    [
+        (
+            {"hidden_size": 32, "intermediate_size": 64},
+            "model.layers.0.self_attn.o_proj has 64 input features in the adapter, 32 in the model",
+        ),
+        ({"num_hidden_layers": 1}, "the model has no module model.layers.1.self_attn.o_proj"),
+    ],
+)
+def test_eval_rejects_an_adapter_of_a_same_named_model_with_other_shapes(
+    tmp_path, shared_data, sizes, difference
+):
+    from lorakit.testing import build_tiny_phi3
+
+    model_dir = build_tiny_phi3(tmp_path / "phi3")
+    adapter = _save_adapter(model_dir, tmp_path / "adapter")
+    _rebuild(model_dir, **sizes)  # the same path, so the recorded base name still matches
+    result = CliRunner().invoke(
+        main,
+        ["eval", "--model", str(model_dir), "--adapter", str(adapter), "--quant", "none",
+         "--bench", f"medqa:{shared_data}/medqa/us_4_options_sample.jsonl", "--limit", "2"],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and result.exception.__class__ is SystemExit
+    [line] = result.output.strip().splitlines()
+    assert line.startswith(f"error: {adapter}: field 'adapter': the adapter does not fit")
+    assert difference in line and "(and " in line
+
+
+@pytest.mark.parametrize(
+    ("bench", "message"),
+    [
+        ("medqa:{tmp}/missing.jsonl", "missing.jsonl"),
+        ("medmcqa:{data}/medqa/us_4_options_sample.jsonl", "us_4_options_sample.jsonl:1"),
+        ("heldout:jsonl:{tmp}/nothing.jsonl", "nothing.jsonl"),
+    ],
+)
+def test_eval_checks_every_benchmark_before_the_model_loads(
+    tiny_phi3, shared_data, tmp_path, bench, message
+):
+    from lorakit import hookimpl
+
+    class NoModel:
+        @hookimpl
+        def lorakit_load_model(self, spec):
+            raise AssertionError("the model was loaded before the benchmarks were checked")
+
+    import lorakit.plugins
+
+    real = lorakit.plugins.make_plugin_manager
+    good = f"medqa:{shared_data}/medqa/us_4_options_sample.jsonl"
+    bad = bench.format(tmp=tmp_path, data=shared_data)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            lorakit.plugins, "make_plugin_manager", lambda **kw: real(plugins=[NoModel()], **kw)
+        )
+        result = CliRunner().invoke(
+            main,
+            ["eval", "--model", str(tiny_phi3), "--quant", "none", "--bench", good, "--bench", bad],
+        )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    [line] = result.output.strip().splitlines()
+    assert message in line and "Traceback" not in result.output

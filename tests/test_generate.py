@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import attrs
 import pytest
 
 from lorakit.data.rows import QARow
@@ -212,3 +213,59 @@ def test_generation_keeps_4bit_layers_off_the_cpu_inference_path(tiny_phi3: Path
         torch.testing.assert_close(after[name], before[name], msg=name)
     assert model.training  # generate_answers restored train mode
     assert batched == one_by_one(model, tokenizer, ROWS, max_new_tokens=8)
+
+
+def test_score_generated_prompts_with_the_templates_of_the_spec(model_and_tokenizer, monkeypatch):
+    from lorakit import hookimpl
+    from lorakit.evaluate import generate
+    from lorakit.evaluate.generate import score_generated
+    from lorakit.evaluate.spec import BenchSpec
+    from lorakit.plugins import Registries, make_plugin_manager
+
+    class Shouting:
+        def prompt(self, row):
+            return [{"role": "user", "content": row.question.upper()}]
+
+        def answer(self, row):
+            return row.answer
+
+    class Plugin:
+        @hookimpl
+        def lorakit_register_templates(self, register):
+            register("shout", Shouting)
+
+    registries = Registries.from_plugin_manager(
+        make_plugin_manager(entry_points=False, plugins=[Plugin()], disabled=())
+    )
+    model, tokenizer = model_and_tokenizer
+    prompts: list[list[int]] = []
+    real = generate.generate_from_ids
+
+    def spy(model, tokenizer, ids, *args, **kwargs):
+        prompts.extend(ids)
+        return real(model, tokenizer, ids, *args, **kwargs)
+
+    monkeypatch.setattr(generate, "generate_from_ids", spy)
+    system = "You are a careful medical assistant."
+    spec = BenchSpec(text_metrics="token_f1", max_new_tokens=4, template_options={"system": system})
+    scores = score_generated(model, tokenizer, ROWS, spec, registries=registries)
+    assert scores["n"] == len(ROWS) and set(scores["metrics"]) == {"token_f1"}
+    assert prompts == prompt_token_ids(ROWS, tokenizer, TEMPLATE)  # qa with its system prompt
+    assert all(system in tokenizer.decode(ids) for ids in prompts)
+    prompts.clear()
+    score_generated(
+        model,
+        tokenizer,
+        ROWS[:2],
+        attrs.evolve(spec, template="shout", template_options={}),
+        registries=registries,
+    )
+    assert [tokenizer.decode(ids) for ids in prompts] == [
+        tokenizer.decode(ids) for ids in prompt_token_ids(ROWS[:2], tokenizer, Shouting())
+    ]
+    with pytest.raises(ConfigError, match="bad options for template 'shout'"):
+        score_generated(
+            model, tokenizer, ROWS, attrs.evolve(spec, template="shout"), registries=registries
+        )
+    with pytest.raises(ConfigError, match="no text metric"):
+        score_generated(model, tokenizer, ROWS, BenchSpec(), registries=registries)

@@ -103,6 +103,49 @@ def test_hook_lorakit_register_presets():
         registries.presets.resolve("my_prest")
 
 
+def test_hook_lorakit_register_benchmarks(tmp_path, tiny_phi3):
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lorakit import PluginError
+    from lorakit.evaluate.benchmarks import Benchmark, parse_bench, run_benchmark
+
+    class Plugin:
+        @hookimpl
+        def lorakit_register_benchmarks(self, register):
+            register("hormones", Benchmark(name="hormones", scheme="jsonl", summary="two items"))
+
+    data = tmp_path / "hormones.jsonl"
+    rows = [
+        {"question": "Which hormone lowers blood sugar?", "options": ["Glucagon", "Insulin"]},
+        {"question": "Which gland makes insulin?", "options": ["Pancreas", "Liver"]},
+    ]
+    data.write_text(
+        "".join(
+            json.dumps({**r, "answer_letter": k}) + "\n" for r, k in zip(rows, "BA", strict=True)
+        ),
+        encoding="utf-8",
+    )
+    registries = _registries(Plugin())
+    bench, location = parse_bench(f"hormones:{data}", registries)
+    assert bench.scheme == "jsonl" and location == str(data)
+    assert registries.benchmarks.entry("hormones").plugin != "lorakit.evaluate.benchmarks"
+    assert registries.benchmarks.entry("medqa").plugin == "lorakit.evaluate.benchmarks"
+    model = AutoModelForCausalLM.from_pretrained(tiny_phi3)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_phi3)
+    result = run_benchmark(model, tokenizer, f"hormones:{data}", registries=registries)
+    assert result.bench == "hormones" and result.n == 2 and result.choices == "letters"
+
+    class Duplicate:
+        @hookimpl
+        def lorakit_register_benchmarks(self, register):
+            register("medqa", Benchmark(name="medqa", scheme="jsonl"))
+
+    with pytest.raises(PluginError, match="benchmark 'medqa' is registered twice"):
+        _registries(Duplicate())
+
+
 def test_every_hook_has_its_own_test():
     module = sys.modules[__name__]
     missing = [name for name in hook_names() if not hasattr(module, f"test_hook_{name}")]
@@ -183,7 +226,7 @@ def test_hook_lorakit_load_model(recorded_run):
     recipe, calls, result = recorded_run
     assert _names(calls).count("load_model") == 1
     assert dict(calls)["load_model"]["spec"] == recipe.model
-    assert "loaded by the recorder plugin" in result.report["notes"]
+    assert "loaded by the recorder plugin" in result.report.notes
 
 
 def test_hook_lorakit_load_model_none_passes_to_the_builtin(tiny_phi3):

@@ -16,7 +16,8 @@ import pytest
 
 from lorakit.data.rows import LETTERS
 from lorakit.evaluate.benchmarks import BENCHMARKS, MMLU_MEDICAL_SUBJECTS, load_benchmark
-from lorakit.evaluate.mcq import MCQSpec, score_loglikelihood
+from lorakit.evaluate.mcq import MCQPrompt, score_loglikelihood
+from lorakit.evaluate.spec import BenchSpec
 
 lm_eval = pytest.importorskip(
     "lm_eval",
@@ -149,7 +150,7 @@ def _lorakit(tiny_lm, bench_name, location, *, limit, shots, choices):
     model, tokenizer = tiny_lm
     bench = BENCHMARKS[bench_name]
     items, pool = load_benchmark(bench, location, limit=limit)
-    spec = MCQSpec(
+    spec = BenchSpec(
         choices=choices,
         shots=shots,
         fewshot_by_category=bench.fewshot_by_category,
@@ -160,7 +161,7 @@ def _lorakit(tiny_lm, bench_name, location, *, limit, shots, choices):
     from lorakit.evaluate.mcq import select_exemplars
 
     contexts = [
-        spec.prompt.context(
+        MCQPrompt.from_spec(spec).context(
             row, select_exemplars(row, pool, shots, by_category=spec.fewshot_by_category)
         )
         for row in items

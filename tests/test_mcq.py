@@ -16,20 +16,22 @@ from lorakit.evaluate.base import (
     ModelMetric,
     accuracy_result,
 )
-from lorakit.evaluate.mcq import (
+from lorakit.evaluate.loglikelihood import (
     LoglikelihoodScores,
-    MCQAccuracy,
-    MCQPrompt,
-    MCQSpec,
     choose,
     encode_pairs,
     loglikelihoods,
-    parse_reply,
     resolve_max_length,
+)
+from lorakit.evaluate.mcq import (
+    MCQAccuracy,
+    MCQPrompt,
+    parse_reply,
     score_loglikelihood,
     score_mcq,
     select_exemplars,
 )
+from lorakit.evaluate.spec import BenchSpec
 
 torch = pytest.importorskip("torch")
 
@@ -135,7 +137,7 @@ def test_scorer_fed_gold_answers_scores_100_percent_end_to_end(tiny_tokenizer, m
     # (prompt, tokens, batches, argmax, Wilson) must give 100 %.
     rows = [_rotate_gold_first(row) for row in medqa_rows]
     model = FavouriteTokenLM(len(tiny_tokenizer), _letter_id(tiny_tokenizer, "A"))
-    result = score_mcq(model, tiny_tokenizer, rows, MCQSpec(batch_size=16))
+    result = score_mcq(model, tiny_tokenizer, rows, BenchSpec(batch_size=16))
     assert (result.value, result.n) == (1.0, 50)
     assert result.extra["acc_norm"] == 1.0
     assert result.ci_high == 1.0
@@ -144,7 +146,7 @@ def test_scorer_fed_gold_answers_scores_100_percent_end_to_end(tiny_tokenizer, m
 
 def test_always_a_scores_the_share_of_a_answers_on_medmcqa(tiny_tokenizer, medmcqa_rows):
     model = FavouriteTokenLM(len(tiny_tokenizer), _letter_id(tiny_tokenizer, "A"))
-    result = score_mcq(model, tiny_tokenizer, medmcqa_rows, MCQSpec(batch_size=128))
+    result = score_mcq(model, tiny_tokenizer, medmcqa_rows, BenchSpec(batch_size=128))
     assert result.n == 4183
     assert round(result.value * result.n) == 1348
     assert result.value == pytest.approx(1348 / 4183)
@@ -210,8 +212,8 @@ def test_prompt_with_context_description_and_exemplars():
 
 def test_chat_template_prompt_has_no_delimiter(tiny_lm, medqa_rows):
     model, tokenizer = tiny_lm
-    spec = MCQSpec(chat_template=True)
-    assert spec.prompt.continuations(medqa_rows[0])[0] == "A"
+    spec = BenchSpec(chat_template=True)
+    assert MCQPrompt.from_spec(spec).continuations(medqa_rows[0])[0] == "A"
     result = score_mcq(model, tokenizer, medqa_rows[:4], spec)
     assert result.n == 4 and result.extra["chat_template"] is True
 
@@ -292,7 +294,7 @@ def test_acc_norm_and_acc_bytes_differ_on_non_ascii_options():
 def test_batches_do_not_change_the_scores(tiny_lm, mmlu_rows):
     model, tokenizer = tiny_lm
     rows = mmlu_rows[:8]
-    spec = MCQSpec(choices="texts")
+    spec = BenchSpec(choices="texts")
     one = score_loglikelihood(model, tokenizer, rows, attrs.evolve(spec, batch_size=1))
     many = score_loglikelihood(model, tokenizer, rows, attrs.evolve(spec, batch_size=7))
     for a, b in zip(one.loglikelihoods, many.loglikelihoods, strict=True):
@@ -331,12 +333,14 @@ def test_loglikelihoods_match_a_single_unpadded_forward(tiny_lm):
 def test_too_long_sequences_are_cut_on_the_left_and_counted(tiny_lm, medqa_rows):
     model, tokenizer = tiny_lm
     rows = medqa_rows[:5]
-    result = score_mcq(model, tokenizer, rows, MCQSpec(max_length=40))
+    result = score_mcq(model, tokenizer, rows, BenchSpec(max_length=40))
     assert result.errors["prompt_truncated"] == 5
     # the same as scoring the kept 41 tokens with room to spare
-    spec = MCQSpec()
-    contexts = [spec.prompt.context(row) for row in rows]
-    ctx, conts, _ = encode_pairs(tokenizer, contexts, [spec.prompt.continuations(r) for r in rows])
+    spec = BenchSpec()
+    contexts = [MCQPrompt.from_spec(spec).context(row) for row in rows]
+    ctx, conts, _ = encode_pairs(
+        tokenizer, contexts, [MCQPrompt.from_spec(spec).continuations(r) for r in rows]
+    )
     requests = [(ctx[i], c) for i, cs in enumerate(conts) for c in cs]
     cut_lls, _, cut, _ = loglikelihoods(model, requests, max_length=40)
     kept = [((c + x)[-41:][: -len(x)], x) for c, x in requests]
@@ -353,7 +357,7 @@ def test_progress_counts_finished_items(tiny_lm, mmlu_rows):
             model,
             tokenizer,
             mmlu_rows[:9],
-            MCQSpec(choices=choices, batch_size=4),
+            BenchSpec(choices=choices, batch_size=4),
             progress=seen.append,
         )
         assert sum(seen) == 9 and all(n > 0 for n in seen)
@@ -411,7 +415,7 @@ def test_parse_reply(reply, choices, expected):
 def test_generation_mode_error_taxonomy(tiny_tokenizer, medqa_rows, reply, kind, value):
     rows = medqa_rows[:10]
     ids = tiny_tokenizer(reply, add_special_tokens=False)["input_ids"]
-    result = score_mcq(FixedReplyLM(ids), tiny_tokenizer, rows, MCQSpec(mode="generate"))
+    result = score_mcq(FixedReplyLM(ids), tiny_tokenizer, rows, BenchSpec(mode="generate"))
     assert set(result.errors) == set(ERROR_KINDS)
     if kind is None:
         assert set(result.choices) == {1}
@@ -425,7 +429,7 @@ def test_generation_mode_error_taxonomy(tiny_tokenizer, medqa_rows, reply, kind,
 def test_generation_mode_on_the_tiny_model(tiny_lm, medqa_rows):
     model, tokenizer = tiny_lm
     result = score_mcq(
-        model, tokenizer, medqa_rows[:6], MCQSpec(mode="generate", max_new_tokens=4, batch_size=4)
+        model, tokenizer, medqa_rows[:6], BenchSpec(mode="generate", reply_tokens=4, batch_size=4)
     )
     errors = result.errors
     answered = sum(1 for c in result.choices if c >= 0)
@@ -515,7 +519,8 @@ def test_importing_the_plugin_does_not_import_torch():
     import sys
 
     code = (
-        "import sys, lorakit.evaluate.plugin, lorakit.evaluate.benchmarks; "
+        "import sys, lorakit.evaluate.plugin, lorakit.evaluate.benchmarks, "
+        "lorakit.evaluate.session, lorakit.evaluate.adapter_check, lorakit.plugins; "
         "print(any(m == 'torch' or m.startswith(('torch.', 'transformers')) for m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

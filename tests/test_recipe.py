@@ -10,17 +10,18 @@ from pathlib import Path
 import attrs
 import pytest
 
+from lorakit._fs import replace_dir_atomic, write_text_atomic
 from lorakit.adapter import AdapterSpec
 from lorakit.data.tokenize import Example
 from lorakit.errors import ConfigError
 from lorakit.model import ModelSpec, QuantSpec
 from lorakit.overrides import apply_overrides, dotted_keys, parse_assignment
 from lorakit.presets import medqa_phi3, medqa_phi3_tiny
-from lorakit.recipe import Recipe, prepare_run_dir, replace_dir_atomic, write_text_atomic
+from lorakit.recipe import Recipe, prepare_run_dir
 from lorakit.train import (
     QACollator,
     TrainerFactory,
-    TrainingArgs,
+    TrainingSpec,
     effective_warmup,
     resolve_optimizer,
     total_steps,
@@ -54,7 +55,7 @@ def feature(n: int, prompt: int = 1) -> dict[str, list[int]]:
     ],
 )
 def test_total_steps(settings, examples, world, expected):
-    args = TrainingArgs(**settings)
+    args = TrainingSpec(**settings)
     assert total_steps(args, examples, world_size=world) == expected
 
 
@@ -64,16 +65,16 @@ def test_warmup_is_capped_to_a_tenth_of_a_short_run():
     steps = total_steps(args, 10_000)
     assert steps == 60
     assert effective_warmup(args, steps) == 6
-    assert effective_warmup(TrainingArgs(warmup_steps=100), 5000) == 100
-    assert effective_warmup(TrainingArgs(warmup_steps=100, max_warmup_fraction=0.5), 60) == 30
-    assert effective_warmup(TrainingArgs(warmup_steps=0), 60) == 0
+    assert effective_warmup(TrainingSpec(warmup_steps=100), 5000) == 100
+    assert effective_warmup(TrainingSpec(warmup_steps=100, max_warmup_fraction=0.5), 60) == 30
+    assert effective_warmup(TrainingSpec(warmup_steps=0), 60) == 0
 
 
 class _StopTraining(Exception):
     pass
 
 
-def _trainer_max_steps(model, args: TrainingArgs, n: int, tmp_path: Path) -> int:
+def _trainer_max_steps(model, args: TrainingSpec, n: int, tmp_path: Path) -> int:
     """The number of optimizer steps the transformers Trainer itself plans for ``n`` examples."""
     from transformers import TrainerCallback
 
@@ -101,7 +102,7 @@ def test_total_steps_agree_with_the_trainer(tiny_phi3: Path, tmp_path: Path, epo
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_phi3)
-    args = TrainingArgs(
+    args = TrainingSpec(
         epochs=epochs,
         batch_size=4,
         grad_accum=4,
@@ -119,11 +120,11 @@ def test_total_steps_agree_with_the_trainer(tiny_phi3: Path, tmp_path: Path, epo
 
 def test_save_steps_must_be_a_multiple_of_eval_steps_to_keep_the_best():
     with pytest.raises(ConfigError, match="multiple of eval_steps") as info:
-        TrainingArgs(eval_steps=100, save_steps=150, load_best=True)
+        TrainingSpec(eval_steps=100, save_steps=150, load_best=True)
     assert info.value.field == "training.save_steps"
     assert "training.save_steps=100" in str(info.value)
-    assert TrainingArgs(eval_steps=100, save_steps=150, load_best=False).save_steps == 150
-    assert TrainingArgs(eval_steps=50, save_steps=150).save_steps == 150
+    assert TrainingSpec(eval_steps=100, save_steps=150, load_best=False).save_steps == 150
+    assert TrainingSpec(eval_steps=50, save_steps=150).save_steps == 150
 
 
 @pytest.mark.parametrize(
@@ -139,7 +140,7 @@ def test_save_steps_must_be_a_multiple_of_eval_steps_to_keep_the_best():
 )
 def test_bad_training_settings_are_rejected(settings):
     with pytest.raises((ValueError, ConfigError), match=next(iter(settings))):
-        TrainingArgs(**settings)
+        TrainingSpec(**settings)
 
 
 # --- collator ----------------------------------------------------------------------------------
@@ -188,7 +189,7 @@ def test_optimizer_is_kept_with_bitsandbytes():
 
 def test_trainer_factory_notes_the_fallback(monkeypatch, tmp_path: Path):
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)
-    factory = TrainerFactory(TrainingArgs(max_steps=60), tmp_path)
+    factory = TrainerFactory(TrainingSpec(max_steps=60), tmp_path)
     arguments = factory.training_arguments(100)
     assert arguments.optim == "adamw_torch"
     assert arguments.warmup_steps == 6
@@ -207,7 +208,7 @@ def test_trainer_factory_notes_the_fallback(monkeypatch, tmp_path: Path):
     ],
 )
 def test_trainer_factory_rejects_unusable_splits(tmp_path: Path, train, eval_, field, message):
-    factory = TrainerFactory(TrainingArgs(batch_size=4, packing=False), tmp_path)
+    factory = TrainerFactory(TrainingSpec(batch_size=4, packing=False), tmp_path)
     with pytest.raises(ConfigError, match=message) as info:
         factory.create(object(), None, train, eval_, pad_id=0)
     assert info.value.field == field

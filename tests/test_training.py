@@ -71,12 +71,10 @@ def test_best_checkpoint_is_the_one_loaded(finished_run):
     evals = {r["step"]: r["eval_loss"] for r in records if "eval_loss" in r}
     assert sorted(evals) == [10, 20, 30, 40]
     best_step = min(evals, key=evals.get)
-    assert result.report["best"]["step"] == best_step
-    assert result.report["best"]["verified"] is True
+    assert result.report.best["step"] == best_step
+    assert result.report.best["verified"] is True
     # The best checkpoint is chosen by the report's own measure: token-weighted answer-only loss.
-    assert result.report["best"]["eval_loss"] == pytest.approx(
-        result.report["eval"]["loss"], rel=1e-6
-    )
+    assert result.report.best["eval_loss"] == pytest.approx(result.report.eval.loss, rel=1e-6)
     best = load_file(
         result.run_dir / "checkpoints" / f"checkpoint-{best_step}" / "adapter_model.safetensors"
     )
@@ -164,8 +162,8 @@ def test_killed_run_resumes_from_its_last_checkpoint(shared_data, tmp_path, kill
     assert max(logged_before) > (10 if resumed_from else 0)  # records the resume must drop
 
     result = medquad_recipe(shared_data).run(run_dir, show_progress=False)
-    assert result.report["resumed_from"] == resumed_from
-    assert result.report["steps"] == 40
+    assert result.report.resumed_from == resumed_from
+    assert result.report.steps == 40
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     loss_steps = [r["step"] for r in records if "loss" in r]
     eval_steps = [r["step"] for r in records if "eval_loss" in r]
@@ -275,7 +273,7 @@ def test_run_report_scores_benchmarks_for_base_and_adapter(shared_data, tmp_path
         }
     )
     result = recipe.run(tmp_path / "bench", show_progress=False)
-    benchmarks = result.report["benchmarks"]
+    benchmarks = result.report.benchmarks
     assert set(benchmarks) == {"mmlu_medical", "heldout"}
     for side in ("base", "adapter"):
         mmlu = benchmarks["mmlu_medical"][side]
@@ -287,13 +285,13 @@ def test_run_report_scores_benchmarks_for_base_and_adapter(shared_data, tmp_path
     heldout = benchmarks["heldout"]
     # The adapter's heldout perplexity is the report's test perplexity (same rows, same model).
     assert heldout["adapter"]["perplexity"] == pytest.approx(
-        result.report["test"]["perplexity"], rel=1e-4
+        result.report.test["perplexity"], rel=1e-4
     )
     assert "| mmlu_medical | 12 |" in (result.run_dir / "report.md").read_text()
     for side in ("base", "adapter"):
         scores = heldout[side]["free_text"]
         assert scores["n"] == min(
-            12, len(result.report["test"] and [0] * result.report["test"]["examples"])
+            12, len(result.report.test and [0] * result.report.test["examples"])
         )
         assert set(scores["metrics"]) == {"token_f1", "rouge_l"}
     assert "| token_f1 |" in (result.run_dir / "report.md").read_text()

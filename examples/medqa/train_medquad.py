@@ -55,7 +55,7 @@ def main() -> None:
         recipe = recipe.with_overrides({"data.cleaners": chain})
 
     result = recipe.run(args.run_dir, plugin_manager=pm)
-    print(f"eval loss {result.report['eval']['loss_before']:.3f} -> {result.eval_loss:.3f}")
+    print(f"eval loss {result.report.eval.loss_before:.3f} -> {result.eval_loss:.3f}")
     print(f"adapter: {result.adapter_dir}")
 
 

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from lorakit.model import ModelSpec, QuantSpec
     from lorakit.plugins import Registries, make_plugin_manager
     from lorakit.recipe import EvalSpec, Recipe, RunResult
-    from lorakit.train import TrainingArgs
+    from lorakit.run_report import RunReport
+    from lorakit.train import TrainingSpec
 
 __all__ = [
     "AdapterSpec",
@@ -45,10 +46,11 @@ __all__ = [
     "QuantSpec",
     "Recipe",
     "Registries",
+    "RunReport",
     "RunResult",
     "SplitSpec",
     "TokenizeSpec",
-    "TrainingArgs",
+    "TrainingSpec",
     "__version__",
     "hookimpl",
     "make_plugin_manager",
@@ -76,7 +78,9 @@ _LAZY = {
     "EvalSpec": "lorakit.recipe",
     "Recipe": "lorakit.recipe",
     "RunResult": "lorakit.recipe",
-    "TrainingArgs": "lorakit.train",
+    "RunReport": "lorakit.run_report",
+    "TrainingSpec": "lorakit.train",
+    "TrainingArgs": "lorakit.train",  # deprecated alias of TrainingSpec
     "make_plugin_manager": "lorakit.plugins",
 }
 

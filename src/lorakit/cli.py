@@ -55,7 +55,7 @@ def plugins_command(as_json: bool) -> None:
     registries = Registries.from_plugin_manager(pm)
     registered = {
         kind: {entry.name: entry.plugin for entry in getattr(registries, kind)}
-        for kind in ("sources", "cleaners", "templates", "metrics", "presets")
+        for kind in ("sources", "cleaners", "templates", "metrics", "benchmarks", "presets")
     }
     if as_json:
         click.echo(json.dumps({"plugins": summary, "registered": registered}, indent=2))
@@ -152,17 +152,49 @@ def train_command(
     recipe = recipe.with_overrides(overrides)
     result = recipe.run(run_dir, show_progress=not no_progress)
     report = result.report
-    ev = report["eval"]
-    best = report["best"] or {}
+    ev = report.eval
+    best = report.best or {}
+    speed = ""
+    if report.cost is not None and report.cost.tokens_per_s is not None:
+        speed = f"; {report.cost.tokens_trained:,} tokens at {report.cost.tokens_per_s:,.0f}/s"
     console = _console()
     console.print(
-        f"[bold green]done[/] {report['steps']} steps"
-        + (f" (resumed from {report['resumed_from']})" if report["resumed_from"] else "")
-        + f"; eval loss {ev['loss_before']:.4f} -> {ev['loss']:.4f}, perplexity {ev['perplexity']:.2f}; "
-        f"best {best.get('checkpoint', '-')}"
+        f"[bold green]done[/] {report.steps} steps"
+        + (f" (resumed from {report.resumed_from})" if report.resumed_from else "")
+        + f"; eval loss {ev.loss_before:.4f} -> {ev.loss:.4f}, perplexity {ev.perplexity:.2f}; "
+        f"best {best.get('checkpoint', '-')}{speed}"
     )
     console.print(f"adapter: {result.adapter_dir}")
     console.print(f"report: {result.run_dir / 'report.md'}")
+
+
+@main.command("check")
+@click.argument("preset")
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Change a setting by dotted path before checking (repeatable).",
+)
+def check_command(preset: str, assignments: tuple[str, ...]) -> None:
+    """Check PRESET (with --set changes) without loading a model; print every problem.
+
+    Reads the first row of the data source and of each benchmark. Exit 2 when there is
+    any problem.
+    """
+    from lorakit.overrides import parse_assignment
+
+    recipe = _presets().resolve(preset)
+    recipe = recipe.with_overrides(dict(parse_assignment(text) for text in assignments))
+    problems = recipe.check()
+    err = _console(err=True)
+    for problem in problems:
+        err.print(f"[bold red]error:[/] {problem.format()}", markup=True)
+    if problems:
+        err.print(f"{len(problems)} problem{'s' if len(problems) > 1 else ''} in {recipe.name}")
+        raise SystemExit(2)
+    _console().print(f"[bold green]ok[/] {recipe.name}: no problems found")
 
 
 def _eval_table(title: str, results: list[Any], comparisons: dict[str, Any]) -> Any:
@@ -200,7 +232,8 @@ def _eval_table(title: str, results: list[Any], comparisons: dict[str, Any]) -> 
     multiple=True,
     required=True,
     metavar="NAME:PATH",
-    help="medqa:FILE, medmcqa:FILE, pubmedqa:FILE, mmlu_medical:DIR or heldout:URI (repeatable).",
+    help="medqa:FILE, medmcqa:FILE, pubmedqa:FILE, mmlu_medical:DIR, heldout:URI or a "
+    "plugin's benchmark (repeatable).",
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Score the first N items of each.")
 @click.option("--shots", type=click.IntRange(min=0), help="Exemplars per item (default: 0).")
@@ -230,6 +263,13 @@ def _eval_table(title: str, results: list[Any], comparisons: dict[str, Any]) -> 
     help="For heldout: generate answers and score them with this text metric "
     "(token_f1, rouge_l, exact_match, embedding_similarity, or a plugin's); repeatable.",
 )
+@click.option(
+    "--template",
+    default="qa",
+    show_default=True,
+    help="Registered prompt template that renders heldout rows (perplexity and generated "
+    "answers): the one the adapter was trained with.",
+)
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--compare", is_flag=True, help="Score the base model too; report the delta.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per benchmark.")
@@ -245,30 +285,86 @@ def eval_command(
     batch_size: int,
     quant: str,
     text_metrics: tuple[str, ...],
+    template: str,
     max_new_tokens: int,
     compare: bool,
     as_json: bool,
     no_progress: bool,
 ) -> None:
     """Score a model (and optionally an adapter) on medical benchmarks, with 95 % intervals."""
-    from lorakit.evaluate.benchmarks import check_adapter_base, parse_bench, run_benchmark
-    from lorakit.evaluate.benchmarks import compare as compare_results
-    from lorakit.model import ModelSpec, QuantizedModelBuilder, QuantSpec
+    from lorakit.evaluate.benchmarks import run_benchmark
+    from lorakit.evaluate.session import compare_with_base
+    from lorakit.evaluate.spec import BenchSpec
     from lorakit.plugins import Registries, make_plugin_manager
     from lorakit.reporting import progress_for
 
     if compare and adapter is None:
         raise ConfigError("--compare needs --adapter", field="--compare")
-    parsed = [parse_bench(text) for text in benches]  # bad names fail before the model loads
-    if adapter is not None:
-        check_adapter_base(adapter, model_name)
+    spec = BenchSpec(
+        limit=limit,
+        shots=shots,
+        choices=choices,  # type: ignore[arg-type]
+        mode=mode,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        text_metrics=text_metrics,
+        max_new_tokens=max_new_tokens,
+        template=template,
+    )
     pm = make_plugin_manager()
     registries = Registries.from_plugin_manager(pm)
+    parsed = _eval_preflight(benches, spec, adapter, model_name, registries)
+    model, tokenizer = _eval_model(model_name, adapter, quant, pm)
+    compared: list[Any] = []
+    with progress_for(_console(err=True), not no_progress and not as_json) as progress:
+        if compare:
+            compared = compare_with_base(
+                model, tokenizer, parsed, spec, progress=progress, registries=registries
+            )
+            results = [c.adapter for c in compared]
+        else:
+            results = [
+                run_benchmark(
+                    model, tokenizer, b, loc, spec, progress=progress, registries=registries
+                )
+                for b, loc in parsed
+            ]
+    if as_json:
+        _echo_eval_json(model_name, adapter, results, compared)
+    else:
+        _print_eval(model_name, adapter, results, compared)
+
+
+def _eval_preflight(
+    benches: tuple[str, ...],
+    spec: Any,
+    adapter: str | None,
+    model_name: str,
+    registries: Any,
+) -> list[Any]:
+    """Everything ``lorakit eval`` can check before the model loads: every benchmark file reads,
+    the template and text metrics exist, and the adapter fits the model (name and shapes)."""
+    from lorakit.evaluate.adapter_check import check_adapter_base, check_adapter_shapes
+    from lorakit.evaluate.benchmarks import check_benchmarks
+    from lorakit.evaluate.generate import resolve_template, resolve_text_metrics
+
+    parsed = check_benchmarks(benches, registries=registries)
+    resolve_template(spec, registries)
+    if spec.text_metrics:
+        resolve_text_metrics(spec.text_metrics, registries)
+    if adapter is not None:
+        check_adapter_base(adapter, model_name)
+        check_adapter_shapes(adapter, model_name)
+    return parsed
+
+
+def _eval_model(model_name: str, adapter: str | None, quant: str, pm: Any) -> tuple[Any, Any]:
+    from lorakit.model import ModelSpec, QuantizedModelBuilder, QuantSpec
+
     loaded = QuantizedModelBuilder(
         ModelSpec(name=model_name, quant=QuantSpec(method=quant)),  # type: ignore[arg-type]
         plugin_manager=pm,
     ).build()
-    model, tokenizer = loaded.model, loaded.tokenizer
+    model = loaded.model
     if adapter is not None:
         from peft import PeftModel
 
@@ -277,44 +373,32 @@ def eval_command(
     console = _console(err=True)
     for note in loaded.notes:
         console.print(f"[yellow]note:[/] {note}")
-    options: dict[str, Any] = {
-        "limit": limit,
-        "shots": shots,
-        "choices": choices,
-        "mode": mode,
-        "batch_size": batch_size,
-        "registries": registries,
-        "text_metrics": text_metrics,
-        "max_new_tokens": max_new_tokens,
-    }
-    results, base_results, comparisons = [], [], {}
-    with progress_for(console, not no_progress and not as_json) as progress:
-        for bench, location in parsed:
-            results.append(
-                run_benchmark(model, tokenizer, bench, location, progress=progress, **options)
-            )
-            if compare:
-                with model.disable_adapter():  # the same weights without the adapter
-                    base = run_benchmark(
-                        model, tokenizer, bench, location, progress=progress, **options
-                    )
-                base_results.append(base)
-                comparisons[bench.name] = compare_results(base, results[-1])
-    if as_json:
-        for result in results:
-            record = result.to_dict()
-            record["model"] = model_name
-            record["adapter"] = adapter
-            if result.bench in comparisons:
-                record["compare"] = comparisons[result.bench].to_dict()
-                record["base"] = next(b for b in base_results if b.bench == result.bench).to_dict()
-            click.echo(json.dumps(record))
-        return
+    return model, loaded.tokenizer
+
+
+def _echo_eval_json(
+    model_name: str, adapter: str | None, results: list[Any], compared: list[Any]
+) -> None:
+    """One JSON object per benchmark; with ``--compare`` also ``compare`` and ``base``."""
+    for i, result in enumerate(results):
+        record = result.to_dict()
+        record["model"] = model_name
+        record["adapter"] = adapter
+        if compared:
+            record["compare"] = compared[i].comparison.to_dict()
+            record["base"] = compared[i].base.to_dict()
+        click.echo(json.dumps(record))
+
+
+def _print_eval(
+    model_name: str, adapter: str | None, results: list[Any], compared: list[Any]
+) -> None:
     out = _console()
     title = f"{model_name}" + (f" + {adapter}" if adapter else "")
-    if compare:
+    base_results = [c.base for c in compared]
+    if compared:
         out.print(_eval_table(f"{model_name} (base)", base_results, {}))
-    out.print(_eval_table(title, results, comparisons))
+    out.print(_eval_table(title, results, {c.bench: c.comparison for c in compared}))
     for label, group in (("base", base_results), ("", results)):
         for result in group:
             if result.free_text:

@@ -5,14 +5,26 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from lorakit._fs import read_json_object, write_json_atomic
 from lorakit.errors import ConfigError
 
-__all__ = ["MemoryPlan", "apply_liger", "fuse_lora", "plan_memory", "set_checkpointing"]
+if TYPE_CHECKING:
+    from lorakit.train import TrainingSpec
+
+__all__ = [
+    "MemoryPlan",
+    "apply_liger",
+    "fit_memory_budget",
+    "fuse_lora",
+    "plan_memory",
+    "set_checkpointing",
+]
 
 GIB = 2**30
 
@@ -40,8 +52,14 @@ def apply_liger(model: Any, mode: str) -> str | None:
         if apply is None:
             reason = f"Liger Kernel does not support the {model_type} architecture"
         else:
-            apply(model=model)
-            return f"applied Liger kernels to {model_type} (RoPE, RMSNorm, SwiGLU, fused linear cross-entropy)"
+            try:
+                apply(model=model)
+            except Exception as error:  # a Liger release that does not fit this transformers
+                reason = f"applying Liger kernels failed ({type(error).__name__}: {error})"
+                if mode == "auto":
+                    return f"{reason}; training without them"
+            else:
+                return f"applied Liger kernels to {model_type} (RoPE, RMSNorm, SwiGLU, fused linear cross-entropy)"
     if mode == "on":
         raise ConfigError(
             f"cannot apply Liger kernels: {reason}",
@@ -154,6 +172,21 @@ class MemoryPlan:
     peak_gib: float
     tried: tuple[tuple[str, int, float], ...]
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MemoryPlan:
+        """From :meth:`to_dict`'s JSON (a stored ``memory_plan.json``)."""
+        return cls(
+            checkpoint_every=data["checkpoint_every"],
+            tokens_per_batch=int(data["tokens_per_batch"]),
+            grad_accum=int(data["grad_accum"]),
+            peak_gib=float(data["peak_gib"]),
+            tried=tuple((str(m), int(t), float(p)) for m, t, p in data["tried"]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON-able data."""
+        return attrs.asdict(self)
+
     def describe(self) -> str:
         mode = {None: "no checkpointing", 1: "full checkpointing"}.get(
             self.checkpoint_every, f"selective checkpointing (every {self.checkpoint_every} layers)"
@@ -208,3 +241,57 @@ def plan_memory(
                 hint="raise the budget, lower data.tokenize.max_len, or use a smaller model",
             )
         tokens, accum = tokens // 2, accum * 2
+
+
+def fit_memory_budget(
+    model: Any, training: TrainingSpec, max_len: int, plan_file: Path
+) -> tuple[TrainingSpec, str]:
+    """Choose checkpointing and the packed micro-batch size that fit ``training.max_memory_gb``.
+
+    The plan is stored in ``plan_file`` so that a resumed run trains exactly as it started.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return training, f"no CUDA GPU: training.max_memory_gb={training.max_memory_gb} is ignored"
+    if not training.packing:
+        raise ConfigError(
+            "the memory budget sizes packed micro-batches",
+            field="training.max_memory_gb",
+            hint="set training.packing=true, or drop the budget and set training.batch_size",
+        )
+    assert training.max_memory_gb is not None
+    device = next(p.device for p in model.parameters())
+    vocab = model.config.vocab_size
+
+    def step(tokens: int) -> None:
+        model.train()
+        ids = torch.randint(10, vocab - 1, (1, tokens), device=device)
+        positions = (torch.arange(tokens, device=device) % max_len).unsqueeze(0)
+        labels = ids.clone()
+        labels[:, 0] = -100
+        loss = model(input_ids=ids, labels=labels, position_ids=positions).loss
+        loss.backward()
+
+    capacity = training.tokens_per_batch or training.batch_size * max_len
+    if plan_file.exists():
+        plan = MemoryPlan.from_dict(read_json_object(plan_file, "the memory plan"))
+    else:
+        plan = plan_memory(
+            model,
+            training.max_memory_gb,
+            tokens_per_batch=capacity,
+            grad_accum=training.grad_accum,
+            min_tokens=max_len,
+            step=step,
+        )
+        write_json_atomic(plan_file, plan.to_dict())
+    set_checkpointing(model, plan.checkpoint_every)
+    chosen = attrs.evolve(
+        training,
+        tokens_per_batch=plan.tokens_per_batch,
+        grad_accum=plan.grad_accum,
+        checkpoint_every=plan.checkpoint_every or 1,
+        gradient_checkpointing=plan.checkpoint_every is not None,
+    )
+    return chosen, plan.describe()

@@ -67,6 +67,18 @@ def lorakit_register_metrics(register: Register) -> None:
 
 
 @hookspec
+def lorakit_register_benchmarks(register: Register) -> None:
+    """Register evaluation benchmarks by name.
+
+    Call ``register(name, benchmark)`` where ``benchmark`` is a
+    :class:`~lorakit.evaluate.benchmarks.Benchmark`: the source scheme that reads
+    its files and how its items are scored. ``lorakit eval --bench NAME:PATH`` and
+    ``evaluation.benchmarks`` then accept it. Return nothing; a duplicate name is a
+    :class:`~lorakit.errors.PluginError`.
+    """
+
+
+@hookspec
 def lorakit_register_presets(register: Register) -> None:
     """Register training presets by name.
 

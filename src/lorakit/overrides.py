@@ -111,7 +111,7 @@ def _type_ok(value: Any, annotation: Any) -> bool:
 
 def _parse_options(text: str, key: str) -> dict[str, Any]:
     """``"system=Be brief,include_context=false"`` -> options, values parsed as cleaner options are."""
-    from lorakit.data.cleaners import _parse_value
+    from lorakit.data.cleaners import parse_option_value
 
     options: dict[str, Any] = {}
     for part in text.split(","):
@@ -122,7 +122,7 @@ def _parse_options(text: str, key: str) -> dict[str, Any]:
             raise ConfigError(
                 f"{part!r} is not NAME=VALUE", field=key, hint="e.g. name=value,other=2"
             )
-        options[name.strip()] = _parse_value(raw.strip())
+        options[name.strip()] = parse_option_value(raw.strip())
     return options
 
 

@@ -46,6 +46,7 @@ DEFAULT_PLUGINS = (
     "lorakit.presets",
     "lorakit.evaluate.plugin",
     "lorakit.evaluate.text_plugin",
+    "lorakit.evaluate.benchmarks",
 )
 
 
@@ -167,6 +168,7 @@ class Registries:
     templates: Registry[Any]
     metrics: Registry[Any]
     presets: Registry[Any]
+    benchmarks: Registry[Any]
 
     @classmethod
     def from_plugin_manager(cls, pm: pluggy.PluginManager | None = None) -> Registries:
@@ -178,6 +180,7 @@ class Registries:
             templates=_collect(pm, "lorakit_register_templates", "template"),
             metrics=_collect(pm, "lorakit_register_metrics", "metric"),
             presets=_collect(pm, "lorakit_register_presets", "preset"),
+            benchmarks=_collect(pm, "lorakit_register_benchmarks", "benchmark"),
         )
 
 

@@ -19,23 +19,25 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import platform
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from lorakit._fs import LOCK_FILE, fs_error, read_json_object, write_json_atomic
 from lorakit.adapter import AdapterSpec
 from lorakit.data.pipeline import DataSpec
 from lorakit.errors import ConfigError, LorakitError
 from lorakit.model import ModelSpec
 from lorakit.overrides import apply_overrides
-from lorakit.train import TrainingArgs
+from lorakit.train import TrainingSpec
+
+if TYPE_CHECKING:
+    from lorakit.plugins import Registries
+    from lorakit.run_report import RunReport
 
 __all__ = ["EvalSpec", "Recipe", "RunResult", "load_recipe_dict"]
 
@@ -81,6 +83,19 @@ class EvalSpec:
     max_new_tokens: int = attrs.field(default=256, validator=attrs.validators.ge(1))
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def _name(instance: Any, attribute: Any, value: str) -> None:
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ConfigError(
+            f"{value!r} is not a name: a recipe name is letters, digits, '.', '_' and '-' "
+            "(it prefixes run directories, so it may not be a path)",
+            field="name",
+            hint="choose the folder with --run-dir, not with the name",
+        )
+
+
 @attrs.frozen(kw_only=True)
 class Recipe:
     """Everything a fine-tuning run needs, as frozen data (building one does no I/O).
@@ -94,11 +109,11 @@ class Recipe:
         evaluation: benchmarks scored for base and adapter at the end of the run.
     """
 
-    name: str
+    name: str = attrs.field(validator=_name)
     model: ModelSpec
     adapter: AdapterSpec = attrs.field(factory=AdapterSpec)
     data: DataSpec
-    training: TrainingArgs = attrs.field(factory=TrainingArgs)
+    training: TrainingSpec = attrs.field(factory=TrainingSpec)
     evaluation: EvalSpec = attrs.field(factory=EvalSpec)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Recipe:
@@ -108,6 +123,20 @@ class Recipe:
         An unknown key raises :class:`ConfigError` suggesting the closest one.
         """
         return apply_overrides(self, overrides)
+
+    def check(self, registries: Registries | None = None) -> list[LorakitError]:
+        """Every problem the plugins find before a model loads, all at once (empty: none).
+
+        Unknown cleaners, sources, templates, benchmarks or metrics, bad options, a data
+        source or benchmark file that cannot be read. ``lorakit check`` prints them.
+        """
+        from lorakit._validators import check_recipe
+
+        if registries is None:
+            from lorakit.plugins import Registries, make_plugin_manager
+
+            registries = Registries.from_plugin_manager(make_plugin_manager())
+        return check_recipe(self, registries)
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe as JSON-able data (what ``recipe.json`` holds)."""
@@ -133,7 +162,7 @@ class RunResult:
 
     run_dir: Path
     adapter_dir: Path
-    report: Mapping[str, Any]
+    report: RunReport
     model: Any = attrs.field(default=None, repr=False, eq=False)
     """The trained PEFT model, still in memory (the best adapter loaded)."""
     tokenizer: Any = attrs.field(default=None, repr=False, eq=False)
@@ -141,7 +170,7 @@ class RunResult:
     @property
     def eval_loss(self) -> float:
         """Answer-only eval loss of the final adapter."""
-        return float(self.report["eval"]["loss"])
+        return self.report.eval.loss
 
 
 def _jsonable(value: Any) -> Any:
@@ -167,12 +196,16 @@ def default_run_dir(name: str) -> Path:
 def prepare_run_dir(run_dir: Path, recipe: Recipe) -> bool:
     """Create or check ``run_dir``; return True when it holds an unfinished run of this recipe.
 
+    Call it while holding the directory's :class:`lorakit._fs.RunLock` (the runner does).
+
     Raises:
         ConfigError: the directory holds a finished run, another recipe's run, or
             files that are not a lorakit run.
+        LorakitError: the directory cannot be created or written, or its ``recipe.json``
+            is damaged.
     """
     recipe_file = run_dir / "recipe.json"
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         if (run_dir / "report.json").exists():
             raise ConfigError(
                 "the run directory already holds a finished run",
@@ -185,7 +218,7 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe) -> bool:
                 file=str(run_dir),
                 hint="choose an empty or new --run-dir",
             )
-        stored = json.loads(recipe_file.read_text(encoding="utf-8"))
+        stored = read_json_object(recipe_file, "the run's recipe.json")
         if stored.get("hash") == recipe_hash(recipe):
             return True
         if any((run_dir / "checkpoints").glob("checkpoint-*")):
@@ -198,64 +231,47 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe) -> bool:
         # nothing to resume, so start over with this recipe.
         for name in ("data_report.json", "eval_before.json", "metrics.jsonl", "memory_plan.json"):
             (run_dir / name).unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_run_dir(run_dir)
     write_json_atomic(recipe_file, {"hash": recipe_hash(recipe), "recipe": recipe.to_dict()})
     return False
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename."""
-    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write text to ``path`` through a temporary file in the same folder and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes owner-only files
+def make_run_dir(run_dir: Path) -> None:
+    """Create ``run_dir`` and its parents; a one-line error when that cannot be done."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(
+            "the run directory is a file",
+            file=str(run_dir),
+            hint="choose another --run-dir",
+        )
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def current_umask() -> int:
-    """The process's file-creation mask (read without changing it for long)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def make_temp_dir(parent: Path, prefix: str) -> Path:
-    """A new folder in ``parent`` with the usual permissions (``mkdtemp`` makes it owner-only)."""
-    folder = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
-    os.chmod(folder, 0o777 & ~current_umask())
-    return folder
-
-
-def replace_dir_atomic(source: Path, target: Path) -> None:
-    """Move the complete folder ``source`` to ``target``, replacing an older one."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(source, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(source, target)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(
+            "a part of the run directory's path is a file, not a folder",
+            file=str(run_dir),
+            hint="choose another --run-dir",
+        ) from None
+    except OSError as error:
+        raise fs_error(error, "create the run directory", run_dir) from None
 
 
 def load_recipe_dict(run_dir: str | Path) -> dict[str, Any]:
     """The resolved recipe stored in a run directory."""
     path = Path(run_dir) / "recipe.json"
-    try:
-        return dict(json.loads(path.read_text(encoding="utf-8"))["recipe"])
-    except FileNotFoundError:
+    if not path.is_file():
         raise LorakitError(
             "no recipe.json here", file=str(path), hint="is this a lorakit run directory?"
-        ) from None
+        )
+    recipe = read_json_object(path, "the run's recipe.json").get("recipe")
+    if not isinstance(recipe, dict):
+        raise LorakitError(
+            "recipe.json has no 'recipe' object",
+            file=str(path),
+            field="recipe",
+            hint="the file was damaged: restore it, or start a new run",
+        )
+    return recipe
 
 
 def versions() -> dict[str, str]:
@@ -277,9 +293,3 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[name] = "not installed"
     return out
-
-
-def checkpoint_step(path: Path | str) -> int:
-    """The step number of a ``checkpoint-N`` folder."""
-    match = re.search(r"checkpoint-(\d+)$", str(path))
-    return int(match.group(1)) if match else -1

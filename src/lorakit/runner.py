@@ -1,22 +1,96 @@
-"""The body of ``Recipe.run()``: data -> model -> adapter -> trainer -> evaluation -> report."""
+"""The body of ``Recipe.run()``, as named phases: each takes the :class:`RunContext` and
+returns what the next needs.
+
+    preflight -> load_model -> prepare_run_data -> setup_model -> build_trainer
+      -> eval_before -> train -> evaluate -> save_adapter -> evaluate_benchmarks -> report
+
+The throughput benchmark and the tests call the same phases, so the memory budget, the
+Liger kernels, the lean LoRA forward and checkpointing are applied the same way
+everywhere.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
-import math
 import shutil
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
+from lorakit._fs import RunLock, fs_error, read_json_object, write_json_atomic, write_text_atomic
 from lorakit.errors import ConfigError, LorakitError
 
 if TYPE_CHECKING:
+    from lorakit.data.pipeline import PreparedData
+    from lorakit.model import LoadedModel
+    from lorakit.plugins import Registries
     from lorakit.recipe import Recipe, RunResult
+    from lorakit.reporting import ProgressReporter
+    from lorakit.run_report import RunCost, RunReport
+    from lorakit.train import TokenCounter, TrainingSpec
 
-__all__ = ["run_recipe"]
+__all__ = [
+    "ModelSetup",
+    "RunContext",
+    "RunData",
+    "TrainOutcome",
+    "build_trainer",
+    "eval_before",
+    "evaluate",
+    "load_model",
+    "open_run",
+    "preflight",
+    "prepare_run_data",
+    "run_recipe",
+    "save_adapter",
+    "setup_model",
+    "train",
+]
+
+
+@attrs.frozen(kw_only=True)
+class RunContext:
+    """What every phase of a run shares: the recipe, its directory and plugins, one notes
+    collector and the wall time of each phase."""
+
+    recipe: Recipe
+    run_dir: Path
+    plugin_manager: Any
+    registries: Registries
+    resuming: bool
+    console: Any = attrs.field(repr=False)
+    show_progress: bool = True
+    started: dt.datetime = attrs.field(factory=lambda: dt.datetime.now(dt.timezone.utc))
+    notes: list[str] = attrs.field(factory=list)
+    wall_s: dict[str, float] = attrs.field(factory=dict)
+
+    def note(self, text: str) -> None:
+        """Record a note for the report and show it."""
+        self.notes.append(text)
+        self.console.print(f"[yellow]note:[/] {text}")
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Add the wall time of the block to phase ``name``."""
+        begun = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.wall_s[name] = self.wall_s.get(name, 0.0) + time.perf_counter() - begun
+
+    @contextlib.contextmanager
+    def progress(self) -> Iterator[ProgressReporter]:
+        """Progress bars on the run's console (or none)."""
+        from lorakit.reporting import progress_for
+
+        with progress_for(self.console, self.show_progress) as progress:
+            yield progress
 
 
 def run_recipe(
@@ -28,81 +102,144 @@ def run_recipe(
 ) -> RunResult:
     """Train ``recipe`` and write its run directory (see :mod:`lorakit.recipe`).
 
-    An unfinished run of the same recipe in ``run_dir`` resumes from its latest
-    checkpoint, and the report says so.
+    The run holds an exclusive lock on its directory. An unfinished run of the same recipe
+    there resumes from its latest complete checkpoint, and the report says so.
     """
+    from lorakit.recipe import default_run_dir, make_run_dir
+
+    folder = Path(run_dir) if run_dir is not None else default_run_dir(recipe.name)
+    make_run_dir(folder)
+    with RunLock(folder):
+        ctx = open_run(recipe, folder, plugin_manager=plugin_manager, show_progress=show_progress)
+        hook = ctx.plugin_manager.hook
+        hook.lorakit_run_start(recipe=recipe, run_dir=folder)
+        try:
+            result = _run_phases(ctx)
+        except OSError as error:  # a full disk or a folder made read-only during the run
+            hook.lorakit_run_failed(recipe=recipe, run_dir=folder, error=error)
+            raise fs_error(error, "write the run directory") from None
+        except BaseException as error:
+            hook.lorakit_run_failed(recipe=recipe, run_dir=folder, error=error)
+            if type(error).__name__ == "OutOfMemoryError":
+                raise _out_of_memory(error) from None
+            raise
+        hook.lorakit_run_end(result=result)
+        return result
+
+
+def _out_of_memory(error: BaseException) -> LorakitError:
+    first = str(error).split(".")[0]
+    return LorakitError(
+        f"the GPU ran out of memory ({first})",
+        field="training.max_memory_gb",
+        hint="set --max-memory-gb to the memory your GPU has free (lorakit then picks "
+        "checkpointing and the micro-batch size that fit), or lower training.tokens_per_batch "
+        "and training.eval_batch_size; the run resumes from its last checkpoint",
+    )
+
+
+def _run_phases(ctx: RunContext) -> RunResult:
+    from lorakit.recipe import RunResult
+
+    preflight(ctx)
+    loaded = load_model(ctx)
+    data = prepare_run_data(ctx, loaded.tokenizer)
+    setup = setup_model(ctx, loaded)
+    trainer = build_trainer(ctx, setup, data.prepared.examples["train"], data.eval_examples)
+    before = eval_before(ctx, setup.model, data.eval_examples)
+    outcome = train(ctx, trainer)
+    results = evaluate(ctx, setup, data, outcome)
+    adapter_dir = save_adapter(ctx, setup)
+    benchmarks = evaluate_benchmarks(ctx, setup, data)
+    report = build_report(ctx, loaded, setup, data, before, outcome, results, benchmarks)
+    write_text_atomic(ctx.run_dir / "report.md", report.to_markdown())
+    write_json_atomic(ctx.run_dir / "report.json", report.to_dict())  # last: the run is done
+    return RunResult(
+        run_dir=ctx.run_dir,
+        adapter_dir=adapter_dir,
+        report=report,
+        model=setup.model,
+        tokenizer=loaded.tokenizer,
+    )
+
+
+def open_run(
+    recipe: Recipe, run_dir: Path, *, plugin_manager: Any = None, show_progress: bool = True
+) -> RunContext:
+    """Check or start the run directory (its lock already held) and build the context."""
     from rich.console import Console
 
+    from lorakit._fs import remove_stale_temporaries
     from lorakit.plugins import Registries, make_plugin_manager
-    from lorakit.recipe import default_run_dir, prepare_run_dir
+    from lorakit.recipe import make_run_dir, prepare_run_dir
 
-    started = dt.datetime.now(dt.timezone.utc)
     pm = plugin_manager if plugin_manager is not None else make_plugin_manager()
-    registries = Registries.from_plugin_manager(pm)
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(recipe.name)
+    make_run_dir(run_dir)
+    removed = remove_stale_temporaries(run_dir)
     resuming = prepare_run_dir(run_dir, recipe)
-    console = Console(stderr=True)
-    pm.hook.lorakit_run_start(recipe=recipe, run_dir=run_dir)
-    try:
-        return _train(recipe, run_dir, pm, registries, resuming, console, show_progress, started)
-    except BaseException as error:
-        pm.hook.lorakit_run_failed(recipe=recipe, run_dir=run_dir, error=error)
-        raise
+    ctx = RunContext(
+        recipe=recipe,
+        run_dir=run_dir,
+        plugin_manager=pm,
+        registries=Registries.from_plugin_manager(pm),
+        resuming=resuming,
+        console=Console(stderr=True),
+        show_progress=show_progress,
+    )
+    if removed:
+        ctx.note(f"removed what an interrupted run left half-written: {', '.join(removed)}")
+    return ctx
 
 
-def _train(
-    recipe: Recipe,
-    run_dir: Path,
-    pm: Any,
-    registries: Any,
-    resuming: bool,
-    console: Any,
-    show_progress: bool,
-    started: dt.datetime,
-) -> RunResult:
-    """Everything between ``lorakit_run_start`` and the report (see :func:`run_recipe`)."""
-    from lorakit.adapter import apply_adapter
-    from lorakit.data.cleaners import check_cleaners
-    from lorakit.data.pipeline import prepare_data
-    from lorakit.data.sources import read_source
-    from lorakit.evaluate.benchmarks import load_benchmark, parse_bench
-    from lorakit.evaluate.perplexity import answer_loss
-    from lorakit.fast import apply_liger, fuse_lora, set_checkpointing
+def preflight(ctx: RunContext) -> None:
+    """Fail on bad data and evaluation settings in a second, not after the model has loaded
+    (the first problem :meth:`Recipe.check` finds; ``lorakit check`` lists them all)."""
+    problems = ctx.recipe.check(ctx.registries)
+    if problems:
+        raise problems[0]
+
+
+def load_model(ctx: RunContext) -> LoadedModel:
+    """The quantised base model and its tokenizer (plugins' loaders first)."""
     from lorakit.model import QuantizedModelBuilder
-    from lorakit.recipe import (
-        RunResult,
-        checkpoint_step,
-        make_temp_dir,
-        replace_dir_atomic,
-        versions,
-        write_json_atomic,
-        write_text_atomic,
-    )
-    from lorakit.reporting import progress_for
-    from lorakit.train import QACollator, TrainerFactory, metrics_callback, progress_callback
 
-    # Bad data settings fail here, in a second, not after the model has loaded.
-    check_cleaners(recipe.data.cleaners, registries.cleaners)
-    next(
-        iter(read_source(recipe.data.source, fields=recipe.data.fields, registries=registries)),
-        None,
-    )
-    registries.templates.resolve(recipe.data.template)(**recipe.data.template_options)
-    for text in recipe.evaluation.benchmarks:
-        load_benchmark(*parse_bench(text), limit=1, registries=registries)
-    for name in recipe.evaluation.metrics:
-        registries.metrics.resolve(name)
-
-    loaded = QuantizedModelBuilder(recipe.model, plugin_manager=pm).build()
+    with ctx.phase("load"):
+        loaded = QuantizedModelBuilder(ctx.recipe.model, plugin_manager=ctx.plugin_manager).build()
     for note in loaded.notes:
-        console.print(f"[yellow]note:[/] {note}")
-    tokenizer = loaded.tokenizer
-    with progress_for(console, show_progress) as progress:
-        data = prepare_data(recipe.data, tokenizer, registries=registries, progress=progress)
-    digest = data_hash(data.examples)
+        ctx.note(note)
+    return loaded
+
+
+@attrs.frozen(kw_only=True)
+class RunData:
+    """The prepared data of a run and the hash that pins it to its checkpoints."""
+
+    prepared: PreparedData
+    digest: str
+
+    @property
+    def eval_examples(self) -> list[Any]:
+        return list(self.prepared.examples["eval"])
+
+    @property
+    def test_examples(self) -> list[Any]:
+        return list(self.prepared.examples["test"])
+
+
+def prepare_run_data(ctx: RunContext, tokenizer: Any) -> RunData:
+    """Read, clean, split and tokenise; write ``data_report.json``; refuse to resume on
+    data that changed since the run started."""
+    from lorakit.data.pipeline import prepare_data
+
+    recipe, run_dir = ctx.recipe, ctx.run_dir
+    with ctx.phase("data"), ctx.progress() as progress:
+        prepared = prepare_data(
+            recipe.data, tokenizer, registries=ctx.registries, progress=progress
+        )
+    digest = data_hash(prepared.examples)
     report_file = run_dir / "data_report.json"
-    if resuming and report_file.exists():
-        earlier = json.loads(report_file.read_text(encoding="utf-8")).get("data_hash")
+    if ctx.resuming and report_file.exists():
+        earlier = read_json_object(report_file, "the data report").get("data_hash")
         if earlier not in (None, digest):
             raise ConfigError(
                 "the data changed since this run started: the checkpoints were trained on "
@@ -111,34 +248,55 @@ def _train(
                 field="data.source",
                 hint="restore the data the run started with, or start a new --run-dir",
             )
-    write_json_atomic(report_file, {**data.report.to_dict(), "data_hash": digest})
-    data_notes = []
-    if data.report.zero_supervised:
-        data_notes.append(
-            f"{data.report.zero_supervised} examples dropped: the prompt alone fills "
-            f"data.tokenize.max_len={recipe.data.tokenize.max_len} (see data_report.json)"
+    write_json_atomic(report_file, {**prepared.report.to_dict(), "data_hash": digest})
+    max_len = recipe.data.tokenize.max_len
+    if prepared.report.zero_supervised:
+        ctx.note(
+            f"{prepared.report.zero_supervised} examples dropped: the prompt alone fills "
+            f"data.tokenize.max_len={max_len} (see data_report.json)"
         )
-    truncated = sum(r.truncated for r in data.report.tokenization.values())
+    truncated = sum(r.truncated for r in prepared.report.tokenization.values())
     if truncated:
-        data_notes.append(
-            f"{truncated} answers truncated at data.tokenize.max_len={recipe.data.tokenize.max_len}; "
+        ctx.note(
+            f"{truncated} answers truncated at data.tokenize.max_len={max_len}; "
             "their end token is not trained"
         )
-    for note in data_notes:
-        console.print(f"[yellow]note:[/] {note}")
-    train_examples, eval_examples = data.examples["train"], data.examples["eval"]
-    pad_id = tokenizer.pad_token_id
+    return RunData(prepared=prepared, digest=digest)
+
+
+@attrs.frozen(kw_only=True)
+class ModelSetup:
+    """The model as it trains: the PEFT model, its LoRA targets, the training settings
+    after the memory budget, and the model's pad id and compute dtype."""
+
+    model: Any = attrs.field(repr=False)
+    tokenizer: Any = attrs.field(repr=False)
+    targets: tuple[str, ...]
+    training: TrainingSpec
+    pad_id: int
+    compute_dtype: str
+
+
+def setup_model(ctx: RunContext, loaded: LoadedModel) -> ModelSetup:
+    """Seed, then Liger, the LoRA adapter, checkpointing, the lean LoRA forward and the
+    memory budget, in that order."""
+    from transformers import set_seed
+
+    from lorakit.adapter import apply_adapter
+    from lorakit.fast import apply_liger, fuse_lora, set_checkpointing
+
+    recipe = ctx.recipe
+    training = recipe.training
+    pad_id = loaded.tokenizer.pad_token_id
     for config in (loaded.model.config, getattr(loaded.model, "generation_config", None)):
         if config is not None:
             config.pad_token_id = pad_id
-
-    training = recipe.training
-    fast_notes = []
     liger_note = apply_liger(loaded.model, training.liger)
     if liger_note:
-        fast_notes.append(liger_note)
+        ctx.note(liger_note)
     # The memory budget may choose checkpointing even when the recipe has it off.
     checkpointing = training.gradient_checkpointing or training.max_memory_gb is not None
+    set_seed(training.seed)  # the adapter's initialisation follows the run's seed
     model, targets = apply_adapter(
         loaded.model, recipe.adapter, gradient_checkpointing=checkpointing
     )
@@ -147,308 +305,347 @@ def _train(
             model, training.checkpoint_every if training.gradient_checkpointing else None
         )
     if training.fused_lora:
-        fast_notes.append(f"lean LoRA forward on {fuse_lora(model)} layers")
+        ctx.note(f"lean LoRA forward on {fuse_lora(model)} layers")
     if training.max_memory_gb is not None:
+        from lorakit.fast import fit_memory_budget
+
         training, note = fit_memory_budget(
-            model, training, recipe.data.tokenize.max_len, run_dir / "memory_plan.json"
+            model, training, recipe.data.tokenize.max_len, ctx.run_dir / "memory_plan.json"
         )
-        fast_notes.append(note)
-    for note in fast_notes:
-        console.print(f"[yellow]note:[/] {note}")
+        ctx.note(note)
+    return ModelSetup(
+        model=model,
+        tokenizer=loaded.tokenizer,
+        targets=tuple(targets),
+        training=training,
+        pad_id=pad_id,
+        compute_dtype=loaded.compute_dtype,
+    )
+
+
+def build_trainer(
+    ctx: RunContext,
+    setup: ModelSetup,
+    train_examples: list[Any],
+    eval_examples: list[Any],
+    *,
+    callbacks: list[Any] | None = None,
+) -> Any:
+    """The ``Trainer`` of the run, with the metrics log, progress, plugins' callbacks and
+    ``callbacks``."""
+    from lorakit.train import TrainerFactory, metrics_callback, progress_callback
+
+    recipe, pm = ctx.recipe, ctx.plugin_manager
 
     def on_log(record: dict[str, Any], step: int) -> None:
         pm.hook.lorakit_log_metrics(metrics=record, step=step)
 
-    callbacks = [metrics_callback(run_dir / "metrics.jsonl", on_log)]
-    if show_progress:
-        callbacks.append(progress_callback(console))
+    factory = TrainerFactory(setup.training, ctx.run_dir / "checkpoints", setup.compute_dtype)
+    metrics_file = ctx.run_dir / "metrics.jsonl"
+    factory.callbacks.append(metrics_callback(metrics_file, on_log, factory.counter))
+    if ctx.show_progress:
+        factory.callbacks.append(progress_callback(ctx.console))
     for extra in pm.hook.lorakit_trainer_callbacks(recipe=recipe):
-        callbacks.extend(extra or [])
-    factory = TrainerFactory(
-        training, run_dir / "checkpoints", loaded.compute_dtype, callbacks=callbacks
-    )
+        factory.callbacks.extend(extra or [])
+    factory.callbacks.extend(callbacks or [])
     trainer = factory.create(
-        model,
-        tokenizer,
+        setup.model,
+        setup.tokenizer,
         train_examples,
         eval_examples,
-        pad_id=pad_id,
+        pad_id=setup.pad_id,
         max_len=recipe.data.tokenize.max_len,
     )
-    collate = QACollator(pad_id)
-    eval_before_file = run_dir / "eval_before.json"
-    if eval_before_file.exists():
-        eval_before = json.loads(eval_before_file.read_text(encoding="utf-8"))
-    else:
-        with progress_for(console, show_progress) as progress:
-            before = answer_loss(
-                model,
-                eval_examples,
-                collate,
-                batch_size=training.eval_batch_size,
-                progress=progress.task("Eval loss before training", len(eval_examples)),
-            )
-        eval_before = before.to_dict()
-        write_json_atomic(eval_before_file, eval_before)
+    for note in factory.notes:
+        ctx.note(note)
+    return trainer
 
-    resume_from = latest_checkpoint(run_dir / "checkpoints") if resuming else None
-    if resuming:
-        # Records logged after the checkpoint (all, without one) are logged again now.
-        step = checkpoint_step(resume_from) if resume_from is not None else 0
-        keep_metrics_until(run_dir / "metrics.jsonl", step)
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
-    best = verify_best_checkpoint(trainer, model) if training.load_best else None
-    with progress_for(console, show_progress) as progress:
-        after = answer_loss(
+def eval_before(ctx: RunContext, model: Any, eval_examples: list[Any]) -> dict[str, Any]:
+    """Answer-only eval loss of the base model (stored, so a resumed run keeps it)."""
+    from lorakit.evaluate.perplexity import answer_loss
+    from lorakit.train import QACollator
+
+    path = ctx.run_dir / "eval_before.json"
+    if path.exists():
+        return read_json_object(path, "the eval loss before training")
+    with ctx.phase("eval"), ctx.progress() as progress:
+        before = answer_loss(
             model,
             eval_examples,
-            collate,
-            batch_size=recipe.training.eval_batch_size,
-            progress=progress.task("Eval loss after training", len(eval_examples)),
-        )
-        test_examples = data.examples["test"]
-        test = (
-            answer_loss(
-                model,
-                test_examples,
-                collate,
-                batch_size=training.eval_batch_size,
-                progress=progress.task("Test loss", len(test_examples)),
-            ).to_dict()
-            if test_examples
-            else None
-        )
+            QACollator(model.config.pad_token_id),
+            batch_size=ctx.recipe.training.eval_batch_size,
+            progress=progress.task("Eval loss before training", len(eval_examples)),
+        ).to_dict()
+    write_json_atomic(path, before)
+    return before
 
-    adapter_dir = run_dir / "adapter"
-    tmp = make_temp_dir(run_dir, ".adapter-")
+
+@attrs.frozen(kw_only=True)
+class TrainOutcome:
+    """What training left: where it resumed from, the optimizer steps of the whole run,
+    the best checkpoint and its eval loss, and the tokens counted."""
+
+    resumed_from: str | None
+    steps: int
+    best_checkpoint: str | None
+    best_metric: float | None
+    counter: TokenCounter
+
+
+def train(ctx: RunContext, trainer: Any) -> TrainOutcome:
+    """Train, resuming from the latest complete checkpoint of an unfinished run.
+
+    A run stopped after its final checkpoint is not trained further: its best adapter is
+    loaded and its trainer state read back.
+    """
+    from lorakit.checkpoints import (
+        CHECKPOINT_MARKER,
+        checkpoint_step,
+        keep_metrics_until,
+        latest_checkpoint,
+    )
+
+    folder = ctx.run_dir / "checkpoints"
+    resume_from = latest_checkpoint(folder) if ctx.resuming else None
+    if ctx.resuming:
+        # Records logged after the checkpoint (all, without one) are logged again now.
+        step = checkpoint_step(resume_from) if resume_from is not None else 0
+        keep_metrics_until(ctx.run_dir / "metrics.jsonl", step)
+        _remove_incomplete_checkpoints(ctx, folder, after=step)
+    if resume_from is not None:
+        marker = read_json_object(resume_from / CHECKPOINT_MARKER, "the checkpoint record")
+        trainer.lorakit_counter.tokens = int(marker.get("tokens", 0))
+        if _finished(resume_from):
+            _restore_finished(trainer, resume_from)
+            return _outcome(trainer, resume_from)
+    with ctx.phase("train"):
+        try:
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        except (OSError, RuntimeError, ValueError, KeyError) as error:
+            if resume_from is None or isinstance(error, LorakitError):
+                raise
+            raise LorakitError(
+                f"cannot resume from {resume_from.name}: {error}",
+                file=str(resume_from),
+                hint="a file in it was changed or damaged: remove that checkpoint folder to "
+                "resume from the one before, or start a new --run-dir",
+            ) from None
+    return _outcome(trainer, resume_from)
+
+
+def _outcome(trainer: Any, resume_from: Path | None) -> TrainOutcome:
+    state = trainer.state
+    return TrainOutcome(
+        resumed_from=None if resume_from is None else resume_from.name,
+        steps=state.global_step,
+        best_checkpoint=state.best_model_checkpoint,
+        best_metric=state.best_metric,
+        counter=trainer.lorakit_counter,
+    )
+
+
+def _finished(checkpoint: Path) -> bool:
+    state = read_json_object(checkpoint / "trainer_state.json", "the checkpoint's trainer state")
+    steps, done = state.get("max_steps"), state.get("global_step")
+    return isinstance(steps, int) and isinstance(done, int) and steps > 0 and done >= steps
+
+
+def _restore_finished(trainer: Any, checkpoint: Path) -> None:
+    """The state of a run that finished training: its trainer state and best adapter."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import TrainerState
+
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    chosen = trainer.state.best_model_checkpoint if trainer.args.load_best_model_at_end else None
+    source = Path(chosen) if chosen else checkpoint
+    weights = source / "adapter_model.safetensors"
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        replace_dir_atomic(tmp, adapter_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        state = load_file(str(weights))
+    except (OSError, ValueError) as error:
+        raise LorakitError(
+            f"cannot read the adapter weights: {error}",
+            file=str(weights),
+            hint="remove that checkpoint folder to resume from the one before",
+        ) from None
+    set_peft_model_state_dict(trainer.model, state)
 
-    benchmarks = None
-    if recipe.evaluation.benchmarks or recipe.evaluation.metrics:
-        with progress_for(console, show_progress) as progress:
-            benchmarks = benchmark_report(
+
+def _remove_incomplete_checkpoints(ctx: RunContext, folder: Path, *, after: int) -> None:
+    from lorakit.checkpoints import checkpoint_step, is_complete
+
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.glob("checkpoint-*")):
+        if checkpoint_step(path) > after or not is_complete(path):
+            shutil.rmtree(path, ignore_errors=True)
+            ctx.note(f"removed the incomplete checkpoint {path.name} (its save was cut short)")
+
+
+def evaluate(
+    ctx: RunContext, setup: ModelSetup, data: RunData, outcome: TrainOutcome
+) -> dict[str, Any]:
+    """Verify the best checkpoint, then answer-only loss after training on eval and test."""
+    from lorakit.evaluate.perplexity import answer_loss
+    from lorakit.train import QACollator
+
+    model, batch = setup.model, ctx.recipe.training.eval_batch_size
+    collate = QACollator(setup.pad_id)
+    with ctx.phase("eval"):
+        best = verify_best_checkpoint(outcome, model) if setup.training.load_best else None
+        with ctx.progress() as progress:
+            after = answer_loss(
                 model,
-                tokenizer,
-                recipe,
-                test_examples=data.examples["test"],
-                test_rows=list(data.splits.test),
-                collate=collate,
-                progress=progress,
-                registries=registries,
+                data.eval_examples,
+                collate,
+                batch_size=batch,
+                progress=progress.task("Eval loss after training", len(data.eval_examples)),
             )
+            test = (
+                answer_loss(
+                    model,
+                    data.test_examples,
+                    collate,
+                    batch_size=batch,
+                    progress=progress.task("Test loss", len(data.test_examples)),
+                ).to_dict()
+                if data.test_examples
+                else None
+            )
+    return {"after": after.to_dict(), "test": test, "best": best}
 
-    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    train_losses = [r["loss"] for r in logged if "loss" in r]
-    report = {
-        "status": "complete",
-        "recipe": recipe.name,
-        "run_dir": str(run_dir),
-        "started": started.isoformat(timespec="seconds"),
-        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "resumed_from": None if resume_from is None else resume_from.name,
-        "steps": trainer.state.global_step,
-        "train": {
-            "final_loss": train_losses[-1] if train_losses else None,
-            # The mean of the logged losses over the whole run, resumed or not.
-            "mean_loss": sum(train_losses) / len(train_losses) if train_losses else None,
-            "examples": len(train_examples),
-        },
-        "eval": {
-            "loss_before": eval_before["loss"],
-            "perplexity_before": eval_before["perplexity"],
-            **after.to_dict(),
-        },
-        "test": test,
-        "benchmarks": benchmarks,
-        "best": best,
-        "adapter": {"path": str(adapter_dir), "targets": targets},
-        "data": {
-            k: data.report.to_dict()[k]
-            for k in ("rows_read", "rows_kept", "kind", "dropped", "split")
-        },
-        "notes": [*loaded.notes, *data_notes, *fast_notes, *factory.notes],
-        "run_card": {
+
+def save_adapter(ctx: RunContext, setup: ModelSetup) -> Path:
+    """Write ``adapter/`` whole or not at all (a temporary folder, then a rename)."""
+    from lorakit._fs import make_temp_dir, replace_dir_atomic
+
+    adapter_dir = ctx.run_dir / "adapter"
+    with ctx.phase("save"):
+        tmp = make_temp_dir(ctx.run_dir, ".adapter-")
+        try:
+            setup.model.save_pretrained(tmp)
+            setup.tokenizer.save_pretrained(tmp)
+            replace_dir_atomic(tmp, adapter_dir)
+        except OSError as error:
+            raise fs_error(error, "save the adapter", adapter_dir) from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return adapter_dir
+
+
+def evaluate_benchmarks(ctx: RunContext, setup: ModelSetup, data: RunData) -> dict[str, Any] | None:
+    """Base and adapter on the recipe's benchmarks and test split (``None`` when none)."""
+    from lorakit.evaluate.session import evaluate_run
+    from lorakit.train import QACollator
+
+    spec = ctx.recipe.evaluation
+    if not (spec.benchmarks or spec.metrics):
+        return None
+    with ctx.phase("eval"), ctx.progress() as progress:
+        return evaluate_run(
+            setup.model,
+            setup.tokenizer,
+            ctx.recipe,
+            test_examples=data.test_examples,
+            test_rows=list(data.prepared.splits.test),
+            collate=QACollator(setup.pad_id),
+            progress=progress,
+            registries=ctx.registries,
+        )
+
+
+def build_report(
+    ctx: RunContext,
+    loaded: LoadedModel,
+    setup: ModelSetup,
+    data: RunData,
+    before: Mapping[str, Any],
+    outcome: TrainOutcome,
+    results: Mapping[str, Any],
+    benchmarks: Mapping[str, Any] | None,
+) -> RunReport:
+    """The typed report of the finished run."""
+    from lorakit.recipe import versions
+    from lorakit.run_report import EvalSummary, RunReport, TrainSummary
+
+    records = _read_metrics(ctx.run_dir / "metrics.jsonl")
+    after = results["after"]
+    data_report = data.prepared.report.to_dict()
+    return RunReport(
+        status="complete",
+        recipe=ctx.recipe.name,
+        run_dir=str(ctx.run_dir),
+        started=ctx.started.isoformat(timespec="seconds"),
+        finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        resumed_from=outcome.resumed_from,
+        steps=outcome.steps,
+        train=TrainSummary.from_records(records, len(data.prepared.examples["train"])),
+        eval=EvalSummary(
+            loss_before=before["loss"],
+            perplexity_before=before["perplexity"],
+            loss=after["loss"],
+            perplexity=after["perplexity"],
+            tokens=after["tokens"],
+        ),
+        test=results["test"],
+        benchmarks=benchmarks,
+        best=results["best"],
+        adapter={"path": str(ctx.run_dir / "adapter"), "targets": list(setup.targets)},
+        data={k: data_report[k] for k in ("rows_read", "rows_kept", "kind", "dropped", "split")},
+        cost=run_cost(ctx, outcome.counter),
+        notes=tuple(ctx.notes),
+        run_card={
             "versions": versions(),
             "device": loaded.device,
             "compute_dtype": loaded.compute_dtype,
-            "data_hash": digest,
-            "template_hash": template_hash(tokenizer, recipe),
+            "data_hash": data.digest,
+            "template_hash": template_hash(loaded.tokenizer, ctx.recipe),
         },
-    }
-    write_text_atomic(run_dir / "report.md", report_markdown(report))
-    write_json_atomic(run_dir / "report.json", report)
-    result = RunResult(
-        run_dir=run_dir, adapter_dir=adapter_dir, report=report, model=model, tokenizer=tokenizer
     )
-    pm.hook.lorakit_run_end(result=result)
-    return result
 
 
-def fit_memory_budget(model: Any, training: Any, max_len: int, plan_file: Path) -> tuple[Any, str]:
-    """Choose checkpointing and the packed micro-batch size that fit ``training.max_memory_gb``.
-
-    The plan is stored in ``plan_file`` so that a resumed run trains exactly as it started.
-    """
-    import attrs
+def run_cost(ctx: RunContext, counter: TokenCounter | None) -> RunCost:
+    """Tokens, throughput, wall time per phase, the device and its peak memory."""
     import torch
 
-    from lorakit.fast import MemoryPlan, plan_memory, set_checkpointing
-    from lorakit.recipe import write_json_atomic
+    from lorakit.run_report import RunCost
 
-    if not torch.cuda.is_available():
-        return training, f"no CUDA GPU: training.max_memory_gb={training.max_memory_gb} is ignored"
-    if not training.packing:
-        raise ConfigError(
-            "the memory budget sizes packed micro-batches",
-            field="training.max_memory_gb",
-            hint="set training.packing=true, or drop the budget and set training.batch_size",
-        )
-    device = next(p.device for p in model.parameters())
-    vocab = model.config.vocab_size
-
-    def step(tokens: int) -> None:
-        model.train()
-        ids = torch.randint(10, vocab - 1, (1, tokens), device=device)
-        positions = (torch.arange(tokens, device=device) % max_len).unsqueeze(0)
-        labels = ids.clone()
-        labels[:, 0] = -100
-        loss = model(input_ids=ids, labels=labels, position_ids=positions).loss
-        loss.backward()
-
-    capacity = training.tokens_per_batch or training.batch_size * max_len
-    if plan_file.exists():
-        stored = json.loads(plan_file.read_text(encoding="utf-8"))
-        plan = MemoryPlan(**{**stored, "tried": tuple(tuple(t) for t in stored["tried"])})
-    else:
-        plan = plan_memory(
-            model,
-            training.max_memory_gb,
-            tokens_per_batch=capacity,
-            grad_accum=training.grad_accum,
-            min_tokens=max_len,
-            step=step,
-        )
-        write_json_atomic(plan_file, attrs.asdict(plan))
-    set_checkpointing(model, plan.checkpoint_every)
-    chosen = attrs.evolve(
-        training,
-        tokens_per_batch=plan.tokens_per_batch,
-        grad_accum=plan.grad_accum,
-        checkpoint_every=plan.checkpoint_every or 1,
-        gradient_checkpointing=plan.checkpoint_every is not None,
+    gib = 2**30
+    cuda = torch.cuda.is_available()
+    wall = {k: round(v, 3) for k, v in ctx.wall_s.items()}
+    wall["total"] = round((dt.datetime.now(dt.timezone.utc) - ctx.started).total_seconds(), 3)
+    rate = counter.rate() if counter is not None else None
+    return RunCost(
+        tokens_trained=counter.tokens if counter is not None else 0,
+        tokens_per_s=round(rate, 1) if rate is not None else None,
+        wall_s=wall,
+        device=torch.cuda.get_device_name() if cuda else "cpu",
+        peak_gpu_allocated_gib=round(torch.cuda.max_memory_allocated() / gib, 3) if cuda else None,
+        peak_gpu_reserved_gib=round(torch.cuda.max_memory_reserved() / gib, 3) if cuda else None,
     )
-    return chosen, plan.describe()
 
 
-def benchmark_report(
-    model: Any,
-    tokenizer: Any,
-    recipe: Recipe,
-    *,
-    test_examples: list[Any],
-    test_rows: list[Any],
-    collate: Any,
-    progress: Any,
-    registries: Any,
-) -> dict[str, Any]:
-    """Base and adapter on every named benchmark, with the paired difference, and the
-    answer-only perplexity of the recipe's test split (as trained: same template, same tokens)."""
-    from lorakit.evaluate.benchmarks import compare, parse_bench, run_benchmark, score_generated
-    from lorakit.evaluate.perplexity import answer_loss
-
-    spec = recipe.evaluation
-    out: dict[str, Any] = {}
-    for bench, location in (parse_bench(text) for text in spec.benchmarks):
-        kwargs: dict[str, Any] = {
-            "limit": spec.limit,
-            "shots": spec.shots,
-            "chat_template": spec.chat_template,
-            "batch_size": recipe.training.eval_batch_size,
-            "progress": progress,
-            "registries": registries,
-            "max_len": recipe.data.tokenize.max_len,
-        }
-        with model.disable_adapter():  # the very same weights, adapter off
-            base = run_benchmark(model, tokenizer, bench, location, **kwargs)
-        adapted = run_benchmark(model, tokenizer, bench, location, **kwargs)
-        out[bench.name] = {
-            "base": base.to_dict(),
-            "adapter": adapted.to_dict(),
-            "compare": compare(base, adapted).to_dict(),
-        }
-    if test_examples:
-        batch = recipe.training.eval_batch_size
-        with model.disable_adapter():
-            base_loss = answer_loss(model, test_examples, collate, batch_size=batch)
-        adapter_loss = answer_loss(model, test_examples, collate, batch_size=batch)
-        out["heldout"] = {
-            "base": base_loss.to_dict(),
-            "adapter": adapter_loss.to_dict(),
-            "compare": {
-                "measure": "perplexity",
-                "delta": adapter_loss.perplexity - base_loss.perplexity,
-            },
-        }
-        if spec.metrics:
-            rows = test_rows[: spec.limit] if spec.limit else test_rows
-            options: dict[str, Any] = {
-                "registries": registries,
-                "max_new_tokens": spec.max_new_tokens,
-                "batch_size": batch,
-            }
-            with model.disable_adapter():
-                base_text = score_generated(model, tokenizer, rows, spec.metrics, **options)
-            adapter_text = score_generated(model, tokenizer, rows, spec.metrics, **options)
-            for side, scores in (("base", base_text), ("adapter", adapter_text)):
-                out["heldout"][side]["free_text"] = {
-                    k: v for k, v in scores.items() if k != "items"
-                }
-    return out
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    records = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return records
 
 
-def keep_metrics_until(path: Path, step: int) -> None:
-    """Drop the records of ``metrics.jsonl`` logged after ``step``."""
-    from lorakit.recipe import write_text_atomic
-
-    if not path.exists():
-        return
-    lines = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:  # a line cut short when the process was killed mid-write
-            continue
-        if record.get("step", 0) <= step:
-            lines.append(line)
-    write_text_atomic(path, "".join(line + "\n" for line in lines))
-
-
-def latest_checkpoint(folder: Path) -> Path | None:
-    """The ``checkpoint-N`` folder with the highest N that has its trainer state, or None."""
-    from lorakit.recipe import checkpoint_step
-
-    if not folder.is_dir():
-        return None
-    complete = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
-    return max(complete, key=checkpoint_step, default=None)
-
-
-def verify_best_checkpoint(trainer: Any, model: Any) -> dict[str, Any]:
+def verify_best_checkpoint(outcome: TrainOutcome, model: Any) -> dict[str, Any]:
     """Check that the adapter in memory equals the best checkpoint's adapter, bit for bit."""
     import torch
     from peft import get_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from lorakit.recipe import checkpoint_step
+    from lorakit.checkpoints import checkpoint_step
 
-    state = trainer.state
-    best_dir = state.best_model_checkpoint
+    best_dir = outcome.best_checkpoint
     if best_dir is None:
         raise LorakitError(
             "training kept no best checkpoint", hint="set training.eval_steps below the run's steps"
@@ -468,7 +665,7 @@ def verify_best_checkpoint(trainer: Any, model: Any) -> dict[str, Any]:
     return {
         "checkpoint": Path(best_dir).name,
         "step": checkpoint_step(best_dir),
-        "eval_loss": state.best_metric,
+        "eval_loss": outcome.best_metric,
         "verified": True,
         "tensors_compared": len(saved),
     }
@@ -496,98 +693,3 @@ def template_hash(tokenizer: Any, recipe: Recipe) -> str:
         default=str,
     )
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _score(result: dict[str, Any]) -> str:
-    if result.get("accuracy") is None:
-        return f"perplexity {result.get('perplexity', float('nan')):.3f}"
-    return f"{100 * result['accuracy']:.1f} % ({100 * result['ci_low']:.1f}-{100 * result['ci_high']:.1f})"
-
-
-def _delta(comparison: dict[str, Any]) -> str:
-    if comparison.get("measure") == "accuracy":
-        return (
-            f"{100 * comparison['delta']:+.1f} points ({100 * comparison['ci_low']:+.1f} to "
-            f"{100 * comparison['ci_high']:+.1f})"
-        )
-    return f"perplexity {comparison['delta']:+.3f}"
-
-
-def report_markdown(report: dict[str, Any]) -> str:
-    """The run report as Markdown."""
-
-    def fmt(value: Any) -> str:
-        if value is None:
-            return "-"
-        if isinstance(value, float):
-            return f"{value:.4f}" if math.isfinite(value) else str(value)
-        return str(value)
-
-    ev, tr, best = report["eval"], report["train"], report["best"] or {}
-    lines = [
-        f"# Run report: {report['recipe']}",
-        "",
-        f"Status: **{report['status']}**, {report['steps']} optimizer steps"
-        + (f", resumed from `{report['resumed_from']}`" if report["resumed_from"] else "")
-        + ".",
-        "",
-        "| measure | value |",
-        "|---|---|",
-        f"| final train loss (last logged) | {fmt(tr['final_loss'])} |",
-        f"| mean train loss | {fmt(tr['mean_loss'])} |",
-        f"| eval loss before training (answer tokens) | {fmt(ev['loss_before'])} |",
-        f"| eval loss after training (answer tokens) | {fmt(ev['loss'])} |",
-        f"| eval perplexity = exp(eval loss) | {fmt(ev['perplexity'])} |",
-        f"| eval answer tokens | {ev['tokens']} |",
-        f"| best checkpoint | {fmt(best.get('checkpoint'))} (step {fmt(best.get('step'))}, "
-        f"eval loss {fmt(best.get('eval_loss'))}, verified: {fmt(best.get('verified'))}) |",
-    ]
-    if report["test"]:
-        lines.append(
-            f"| test loss / perplexity | {fmt(report['test']['loss'])} / {fmt(report['test']['perplexity'])} |"
-        )
-    if report.get("benchmarks"):
-        lines += [
-            "",
-            "| benchmark | n | base | adapter | difference (95 % CI) |",
-            "|---|---|---|---|---|",
-        ]
-        for name, entry in report["benchmarks"].items():
-            lines.append(
-                f"| {name} | {entry['adapter'].get('n', entry['adapter'].get('examples'))} | {_score(entry['base'])} | "
-                f"{_score(entry['adapter'])} | {_delta(entry['compare'])} |"
-            )
-    heldout = (report.get("benchmarks") or {}).get("heldout", {})
-    if "free_text" in heldout.get("adapter", {}):
-        base_text, adapter_text = heldout["base"]["free_text"], heldout["adapter"]["free_text"]
-        lines += [
-            "",
-            f"Generated answers to {adapter_text['n']} test questions:",
-            "",
-            "| metric | base (95 % CI) | adapter (95 % CI) |",
-            "|---|---|---|",
-        ]
-        for name, value in adapter_text["metrics"].items():
-            b = base_text["metrics"][name]
-            lines.append(
-                f"| {name} | {b['mean']:.3f} ({b['ci_low']:.3f}-{b['ci_high']:.3f}) | "
-                f"{value['mean']:.3f} ({value['ci_low']:.3f}-{value['ci_high']:.3f}) |"
-            )
-    data = report["data"]
-    lines += [
-        "",
-        f"Data: {data['rows_read']} rows read, {data['rows_kept']} kept ({data['kind']}); dropped per cleaner: "
-        + ", ".join(f"{k} {v}" for k, v in data["dropped"].items()),
-        "",
-        f"Adapter: `{report['adapter']['path']}` on {', '.join(report['adapter']['targets'])}.",
-        "",
-        "## Run card",
-        "",
-        f"- device: {report['run_card']['device']}, compute dtype {report['run_card']['compute_dtype']}",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in report["run_card"]["versions"].items()),
-        f"- data hash: `{report['run_card']['data_hash'][:16]}`, template hash: "
-        f"`{report['run_card']['template_hash'][:16]}`",
-    ]
-    if report["notes"]:
-        lines += ["", "## Notes", "", *[f"- {note}" for note in report["notes"]]]
-    return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""Training: ``TrainingArgs`` and ``TrainerFactory`` -> a ``transformers.Trainer`` with lorakit's
+"""Training: ``TrainingSpec`` and ``TrainerFactory`` -> a ``transformers.Trainer`` with lorakit's
 collator, a NaN/Inf watchdog, a metrics log, rich progress and a check that the best
 checkpoint is the one loaded at the end."""
 
@@ -15,16 +15,19 @@ from typing import Any, Literal, get_args
 
 import attrs
 
+from lorakit._validators import finite
 from lorakit.errors import ConfigError, LorakitError
 
 __all__ = [
     "QACollator",
+    "TokenCounter",
     "TrainerFactory",
-    "TrainingArgs",
     "TrainingDiverged",
+    "TrainingSpec",
     "effective_warmup",
     "total_steps",
 ]
+
 
 Optimizer = Literal[
     "paged_adamw_8bit", "adamw_8bit", "paged_adamw_32bit", "adamw_torch", "adamw_torch_fused"
@@ -38,8 +41,11 @@ class TrainingDiverged(LorakitError):
     """The training loss became NaN or infinite."""
 
 
+_finite = finite("training")
+
+
 @attrs.frozen(kw_only=True)
-class TrainingArgs:
+class TrainingSpec:
     """How to train.
 
     Attributes:
@@ -96,13 +102,13 @@ class TrainingArgs:
     grad_accum: int = attrs.field(default=4, validator=attrs.validators.gt(0))
     eval_batch_size: int = attrs.field(default=8, validator=attrs.validators.gt(0))
     learning_rate: float = attrs.field(
-        default=2e-4, converter=float, validator=attrs.validators.gt(0)
+        default=2e-4, converter=float, validator=[_finite, attrs.validators.gt(0)]
     )
     weight_decay: float = attrs.field(
-        default=0.0, converter=float, validator=attrs.validators.ge(0)
+        default=0.0, converter=float, validator=[_finite, attrs.validators.ge(0)]
     )
     max_grad_norm: float = attrs.field(
-        default=1.0, converter=float, validator=attrs.validators.gt(0)
+        default=1.0, converter=float, validator=[_finite, attrs.validators.gt(0)]
     )
     optimizer: Optimizer = attrs.field(
         default="paged_adamw_8bit", validator=attrs.validators.in_(OPTIMIZERS)
@@ -129,7 +135,8 @@ class TrainingArgs:
     liger: Literal["auto", "on", "off"] = "auto"
     fused_lora: bool = True
     max_memory_gb: float | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
+        default=None,
+        validator=attrs.validators.optional([_finite, attrs.validators.gt(0)]),
     )
     seed: int = 42
 
@@ -143,7 +150,18 @@ class TrainingArgs:
             )
 
 
-def total_steps(args: TrainingArgs, train_examples: int, world_size: int = 1) -> int:
+def __getattr__(name: str) -> Any:
+    if name == "TrainingArgs":
+        warnings.warn(
+            "lorakit.train.TrainingArgs is now TrainingSpec; the old name goes in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return TrainingSpec
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def total_steps(args: TrainingSpec, train_examples: int, world_size: int = 1) -> int:
     """Optimizer steps the run will take."""
     if args.max_steps is not None:
         return args.max_steps
@@ -153,7 +171,7 @@ def total_steps(args: TrainingArgs, train_examples: int, world_size: int = 1) ->
     return max(1, math.ceil(args.epochs * per_epoch))
 
 
-def effective_warmup(args: TrainingArgs, steps: int) -> int:
+def effective_warmup(args: TrainingSpec, steps: int) -> int:
     """``warmup_steps`` capped to ``max_warmup_fraction`` of the run's steps."""
     return min(args.warmup_steps, int(args.max_warmup_fraction * steps))
 
@@ -174,11 +192,13 @@ class QACollator:
         pad_to_multiple_of: int | None = None,
         max_len: int | None = None,
         packed_length: int | None = None,
+        count_tokens: bool = False,
     ) -> None:
         self.pad_id = pad_id
         self.multiple = pad_to_multiple_of
         self.max_len = max_len
         self.packed_length = packed_length
+        self.count_tokens = count_tokens
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -205,22 +225,60 @@ class QACollator:
                 extra[i, n:] = torch.arange(longest - n)
             else:  # attention mask
                 extra[i, :n] = 1
+        batch: dict[str, Any]
         if not packed:
-            return {"input_ids": ids, "labels": labels, "attention_mask": extra}
-        from lorakit.attention import cu_seq_lens
+            batch = {"input_ids": ids, "labels": labels, "attention_mask": extra}
+        else:
+            from lorakit.attention import cu_seq_lens
 
-        # Example boundaries for variable-length attention, computed once per batch here
-        # rather than in every layer (other attention implementations ignore them).
-        bounds, longest = cu_seq_lens(extra)
-        return {
-            "input_ids": ids,
-            "labels": labels,
-            "position_ids": extra,
-            "cu_seq_lens_q": bounds,
-            "cu_seq_lens_k": bounds,
-            "max_length_q": longest,
-            "max_length_k": longest,
-        }
+            # Example boundaries for variable-length attention, computed once per batch here
+            # rather than in every layer (other attention implementations ignore them).
+            bounds, widest = cu_seq_lens(extra)
+            batch = {
+                "input_ids": ids,
+                "labels": labels,
+                "position_ids": extra,
+                "cu_seq_lens_q": bounds,
+                "cu_seq_lens_k": bounds,
+                "max_length_q": widest,
+                "max_length_k": widest,
+            }
+        if self.count_tokens:  # taken out again before the model sees the batch
+            batch[REAL_TOKENS] = sum(lengths)
+        return batch
+
+
+REAL_TOKENS = "lorakit_real_tokens"
+"""The batch key under which a counting :class:`QACollator` passes the batch's real tokens."""
+
+
+@attrs.define
+class TokenCounter:
+    """Real (non-padding) tokens trained, over the whole run and in this process."""
+
+    tokens: int = 0
+    session_tokens: int = 0
+    started: float | None = None
+    seconds: float = 0.0
+
+    def add(self, tokens: int) -> None:
+        if self.started is None:
+            self.started = time.perf_counter()
+        self.tokens += tokens
+        self.session_tokens += tokens
+
+    def stop(self) -> None:
+        """End this process's training time."""
+        if self.started is not None:
+            self.seconds += time.perf_counter() - self.started
+            self.started = None
+
+    def rate(self) -> float | None:
+        """Tokens per second trained by this process so far."""
+        elapsed = self.seconds + (
+            time.perf_counter() - self.started if self.started is not None else 0.0
+        )
+        return self.session_tokens / elapsed if elapsed > 0 and self.session_tokens else None
 
 
 class ExampleDataset:
@@ -279,11 +337,12 @@ class TrainerFactory:
         callbacks: extra ``TrainerCallback`` objects (plugins, reporters).
     """
 
-    args: TrainingArgs
+    args: TrainingSpec
     output_dir: Path
     compute_dtype: str = "float32"
     callbacks: list[Any] = attrs.field(factory=list)
     notes: list[str] = attrs.field(factory=list)
+    counter: TokenCounter = attrs.field(factory=TokenCounter)
 
     def training_arguments(self, train_items: int, *, packed: bool = False) -> Any:
         """The ``transformers.TrainingArguments`` of the run.
@@ -369,10 +428,10 @@ class TrainerFactory:
                 field="data",
                 hint="use more data or a smaller eval/test fraction",
             )
-        if not self.args.packing and len(train_examples) < self.args.batch_size:
+        if len(train_examples) < self.args.batch_size:
             raise ConfigError(
                 f"the training split has {len(train_examples)} examples, fewer than one batch of "
-                f"{self.args.batch_size}",
+                f"{self.args.batch_size}: every step would train on the same few examples",
                 field="training.batch_size",
                 hint=f"set training.batch_size={len(train_examples)} or use more data",
             )
@@ -404,7 +463,9 @@ class TrainerFactory:
             pad_to_multiple_of=self.args.pad_to_multiple_of,
             max_len=max_len,
             packed_length=packed_length,
+            count_tokens=True,
         )
+        callbacks.append(_bookkeeping_callback(self.counter))
         trainer_cls = _trainer_class()
         from transformers import PrinterCallback
 
@@ -421,6 +482,7 @@ class TrainerFactory:
             )
         # lorakit reports progress and metrics itself (rich bar, metrics.jsonl).
         trainer.remove_callback(PrinterCallback)
+        trainer.lorakit_counter = self.counter
         return trainer
 
 
@@ -443,10 +505,17 @@ def _trainer_class() -> type:
 
             started = time.perf_counter()
             dataset: Any = self.eval_dataset if eval_dataset is None else eval_dataset
+            collate = self.data_collator
+
+            def uncounted(features: Any) -> Any:
+                batch = collate(features)
+                batch.pop(REAL_TOKENS, None)
+                return batch
+
             result = answer_loss(
                 self.model,
                 dataset.examples,
-                self.data_collator,
+                uncounted,
                 batch_size=self.args.per_device_eval_batch_size,
             )
             metrics = {
@@ -461,7 +530,28 @@ def _trainer_class() -> type:
             )
             return metrics
 
+        def _save_checkpoint(self, model: Any, trial: Any) -> None:
+            # torch.save reports a full disk as a RuntimeError from its zip writer.
+            folder = Path(str(self.args.output_dir)) / f"checkpoint-{self.state.global_step}"
+            try:
+                super()._save_checkpoint(model, trial)
+            except OSError as error:
+                from lorakit._fs import fs_error
+
+                raise fs_error(error, "save a checkpoint", folder) from None
+            except RuntimeError as error:
+                raise LorakitError(
+                    f"cannot save a checkpoint: {error}",
+                    file=str(folder),
+                    hint="is the disk full? free disk space (or raise the file-size limit), then "
+                    "run the same command again: the run resumes from its last complete checkpoint",
+                ) from None
+
         def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
+            real = inputs.pop(REAL_TOKENS, None)
+            counter = getattr(self, "lorakit_counter", None)
+            if real is not None and counter is not None:
+                counter.add(int(real))
             loss = super().training_step(model, inputs, num_items_in_batch)
             if not torch.isfinite(loss.detach()).all():
                 step = self.state.global_step + 1
@@ -475,10 +565,37 @@ def _trainer_class() -> type:
     return LorakitTrainer
 
 
+def _bookkeeping_callback(counter: TokenCounter) -> Any:
+    """Times this process's training and marks each checkpoint complete once it is saved."""
+    from transformers import TrainerCallback
+
+    class Bookkeeping(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            counter.started = time.perf_counter()
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            counter.stop()
+
+        def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if state.is_world_process_zero:
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                from lorakit.checkpoints import mark_checkpoint_complete
+
+                mark_checkpoint_complete(folder, tokens=counter.tokens)
+
+    return Bookkeeping()
+
+
 def metrics_callback(
-    path: Path, on_log: Callable[[dict[str, Any], int], None] | None = None
+    path: Path,
+    on_log: Callable[[dict[str, Any], int], None] | None = None,
+    counter: TokenCounter | None = None,
 ) -> Any:
-    """A callback appending every log line (loss, eval loss, learning rate) to ``metrics.jsonl``."""
+    """A callback appending every log line (loss, eval loss, learning rate) to ``metrics.jsonl``.
+
+    With ``counter``, each training-loss record also gets the real tokens trained so far
+    (``tokens``) and this process's training throughput (``tokens_per_s``).
+    """
     from transformers import TrainerCallback
 
     class MetricsLog(TrainerCallback):
@@ -488,6 +605,10 @@ def metrics_callback(
             if not logs or not state.is_world_process_zero:
                 return
             record = {"step": state.global_step, "epoch": state.epoch, **logs}
+            if counter is not None and "loss" in logs:
+                rate = counter.rate()
+                record["tokens"] = counter.tokens
+                record["tokens_per_s"] = round(rate, 1) if rate is not None else None
             with path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
             if on_log is not None:

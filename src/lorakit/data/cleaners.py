@@ -51,6 +51,8 @@ __all__ = [
     "make_cleaner",
     "near_dedup",
     "normalize_whitespace",
+    "parse_option_value",
+    "row_label",
 ]
 
 MAX_EXAMPLES = 5
@@ -66,7 +68,8 @@ _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 _INTEGER = re.compile(r"[+-]?\d+")
 
 
-def _parse_value(text: str) -> OptionValue:
+def parse_option_value(text: str) -> OptionValue:
+    """A command-line option value as bool, int, float or str (`true`, `8`, `0.5`, `text`)."""
     lowered = text.lower()
     if lowered in ("true", "yes", "on"):
         return True
@@ -104,7 +107,7 @@ def _format_value(value: object) -> str:
         return "none"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str) and _parse_value(value) != value:
+    if isinstance(value, str) and parse_option_value(value) != value:
         return f"'{value}'"  # text that would read back as a number, bool or None
     return str(value)
 
@@ -150,7 +153,7 @@ class CleanerSpec:
                 )
             if key in options:
                 raise ConfigError(f"option {key!r} of cleaner {name!r} is given twice")
-            options[key] = _parse_value(value)
+            options[key] = parse_option_value(value)
         return cls(name, options)
 
     def __str__(self) -> str:
@@ -349,7 +352,7 @@ def check_cleaners(
     return parsed
 
 
-def _label(row: QARow, position: int) -> str:
+def row_label(row: QARow, position: int) -> str:
     """A short name for a row in messages: its origin, else its id, else its position."""
     if row.origin:
         return row.origin
@@ -439,11 +442,11 @@ def clean_rows(
             else:
                 raise PluginError(
                     f"cleaner {spec.name!r} returned {type(verdict).__name__} for "
-                    f"{_label(current, position)}; expected a QARow, a Drop or None"
+                    f"{row_label(current, position)}; expected a QARow, a Drop or None"
                 )
             counter.dropped[reason] += 1
             if len(counter.examples) < MAX_EXAMPLES:
-                counter.examples.append((_label(current, position), detail))
+                counter.examples.append((row_label(current, position), detail))
             current = None
             break
         if current is not None:
@@ -596,7 +599,7 @@ def exact_dedup(*, key: str = "question_answer") -> Cleaner:
         if first is not None:
             what = "question and answer" if key == "question_answer" else key
             return Drop("exact duplicate", detail=f"same {what} as {first}")
-        seen[digest] = _label(row, position)
+        seen[digest] = row_label(row, position)
         return row
 
     return clean
@@ -638,7 +641,7 @@ def near_dedup(
                 "near duplicate", detail=f"near duplicate (Jaccard ~{score:.2f}) of {labels[key]}"
             )
         index.add(signature)
-        labels.append(_label(row, position))
+        labels.append(row_label(row, position))
         return row
 
     return clean

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import attrs
 
-from lorakit.data.cleaners import _label
+from lorakit.data.cleaners import row_label
 from lorakit.data.minhash import LSHIndex, MinHasher, normalize_text
 from lorakit.data.rows import QARow
 from lorakit.errors import ConfigError, did_you_mean
@@ -409,7 +409,7 @@ def benchmark_overlap(
     for position, row in enumerate(train, start=1):
         text = normalize_text(row.question)
         if text and text not in first_origin:
-            first_origin[text] = _label(row, position)
+            first_origin[text] = row_label(row, position)
     train_texts = list(first_origin)
     hasher = MinHasher(num_perm=num_perm, ngram=ngram, seed=seed)
     index = LSHIndex(num_perm, float(threshold))
@@ -429,14 +429,14 @@ def benchmark_overlap(
             if origin is not None:
                 exact += 1
                 if len(exact_examples) < MAX_EXAMPLES:
-                    exact_examples.append((_label(row, position), origin))
+                    exact_examples.append((row_label(row, position), origin))
                 continue
             match = index.best_match(hasher.signature(text))
             if match is not None:
                 near += 1
                 if len(near_examples) < MAX_EXAMPLES:
                     near_examples.append(
-                        (_label(row, position), first_origin[train_texts[match[0]]])
+                        (row_label(row, position), first_origin[train_texts[match[0]]])
                     )
         results.append(
             BenchmarkOverlap(

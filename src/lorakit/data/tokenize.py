@@ -39,6 +39,7 @@ __all__ = [
     "TokenizeReport",
     "TokenizeSpec",
     "ensure_pad_token",
+    "generation_prompt_ids",
     "stop_token_ids",
     "tokenize_rows",
 ]
@@ -269,7 +270,39 @@ def _render(
     rendered = tokenizer.apply_chat_template(
         conversations, tokenize=False, add_generation_prompt=generation_prompt
     )
-    return [rendered] if isinstance(rendered, str) else list(rendered)
+    texts = [rendered] if isinstance(rendered, str) else list(rendered)
+    for messages, text in zip(conversations, texts, strict=True):
+        _check_rendered(tokenizer, messages, text)
+    return texts
+
+
+def _check_rendered(tokenizer: Tokenizer, messages: list[dict[str, str]], text: str) -> None:
+    """Raise when the chat template left a message's text out of the rendered ``text``.
+
+    Some chat templates skip roles they do not know without a word: Phi-3-mini-4k-instruct's
+    April 2024 template renders only user and assistant turns, so a system message would
+    silently never reach the model. Leading and trailing whitespace is ignored (templates trim).
+    """
+    for message in messages:
+        content = str(message.get("content") or "").strip()
+        if not content or content in text:
+            continue
+        role = message.get("role", "?")
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        hint = (
+            "this chat template has no system role, like Phi-3-mini-4k-instruct's April 2024 "
+            "one: leave out the template's system option "
+            "(data.template_options) and put the instruction in the question, or use a "
+            "tokenizer whose chat template renders system messages"
+            if role == "system"
+            else "use a chat template that renders every role the prompt template writes"
+        )
+        raise ConfigError(
+            f"the chat template of tokenizer {name!r} leaves the {role} message out of the "
+            "rendered text, so the model would never see it",
+            field="tokenizer.chat_template",
+            hint=hint,
+        )
 
 
 def _special_ids(tokenizer: Tokenizer) -> set[int]:
@@ -454,6 +487,24 @@ def ensure_pad_token(tokenizer: Tokenizer, *, extra_stop_ids: Iterable[int] = ()
 
 
 # --------------------------------------------------------------------------- tokenisation
+
+
+def generation_prompt_ids(
+    tokenizer: Tokenizer, conversations: Sequence[list[dict[str, str]]]
+) -> list[list[int]]:
+    """The ids of each conversation rendered with the generation prompt, exactly as
+    training tokenises a prompt (so a model is asked as it was trained).
+
+    Raises:
+        ConfigError: the tokenizer has no chat template, or it drops a message.
+    """
+    if not conversations:
+        return []
+    fmt = _ChatFormat.probe(tokenizer)
+    texts = _render(tokenizer, list(conversations), generation_prompt=True)
+    return [
+        fmt.prefix_for(text) + ids for text, ids in zip(texts, _ids(tokenizer, texts), strict=True)
+    ]
 
 
 def _batches(rows: Iterable[QARow], size: int) -> Iterator[list[QARow]]:

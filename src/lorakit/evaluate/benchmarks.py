@@ -1,4 +1,4 @@
-"""Named medical benchmarks: read the native files, score a model, compare base and adapter.
+"""Named medical benchmarks: read the native files, score a model on them.
 
 ==============  ===========  =================================================================
 benchmark       source       scored as
@@ -15,7 +15,13 @@ benchmark       source       scored as
 ==============  ===========  =================================================================
 
 A benchmark is named with its location, ``NAME:PATH`` (``medqa:../shared/data/medqa/x.jsonl``;
-``heldout:jsonl:data/test.jsonl``), as ``lorakit eval --bench`` takes it.
+``heldout:jsonl:data/test.jsonl``), as ``lorakit eval --bench`` takes it. Benchmarks are
+registered through the ``lorakit_register_benchmarks`` hook; this module is the built-in plugin
+that registers the five above, exactly as a third party registers its own.
+
+How a benchmark is scored (limit, shots, choices, batch size ...) is a
+:class:`~lorakit.evaluate.spec.BenchSpec`. :func:`run_benchmark` reads the items and hands them
+to :func:`run_mcq_benchmark` or :func:`run_perplexity_benchmark`.
 
 *Exemplars* (``shots`` > 0). ``mmlu_medical`` takes the first rows of the same subject from
 the MMLU dev split: the ``dev`` folder beside a ``test`` or ``val`` folder when the path is one,
@@ -29,22 +35,24 @@ a limited MMLU run covers the first subjects only.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
-from lorakit.errors import ConfigError, DataError, did_you_mean
+from lorakit.errors import ConfigError, DataError, PluginError, did_you_mean
 from lorakit.evaluate.base import MetricResult
-from lorakit.evaluate.mcq import ChoiceStyle, MCQSpec, score_mcq
-from lorakit.evaluate.stats import paired_bootstrap
+from lorakit.evaluate.generate import resolve_template, score_generated
+from lorakit.evaluate.mcq import score_mcq
+from lorakit.evaluate.spec import BenchSpec, ChoiceStyle
+from lorakit.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from lorakit.data.rows import QARow
     from lorakit.plugins import Registries
+    from lorakit.protocols import Register
     from lorakit.reporting import ProgressReporter
 
 __all__ = [
@@ -52,13 +60,14 @@ __all__ = [
     "MMLU_MEDICAL_SUBJECTS",
     "Benchmark",
     "BenchmarkResult",
-    "Comparison",
-    "check_adapter_base",
-    "compare",
+    "check_benchmarks",
     "load_benchmark",
+    "lorakit_register_benchmarks",
     "parse_bench",
+    "resolve_benchmark",
     "run_benchmark",
-    "score_generated",
+    "run_mcq_benchmark",
+    "run_perplexity_benchmark",
 ]
 
 BenchMetric = Literal["mcq_accuracy", "perplexity"]
@@ -145,28 +154,71 @@ BENCHMARKS: Mapping[str, Benchmark] = {
 """The built-in benchmarks by name."""
 
 
-def parse_bench(text: str) -> tuple[Benchmark, str]:
+@hookimpl
+def lorakit_register_benchmarks(register: Register) -> None:
+    """Register the built-in benchmarks (:data:`BENCHMARKS`)."""
+    for bench in BENCHMARKS.values():
+        register(bench.name, bench)
+
+
+def resolve_benchmark(name: str, registries: Registries | None = None) -> Benchmark:
+    """The benchmark registered under ``name`` (case-insensitive for lorakit's lowercase names).
+
+    With ``registries`` ``None``, a built-in name is answered without a plugin manager; any
+    other name is looked up in the default plugin manager's registries (installed plugins).
+
+    Raises:
+        ConfigError: an unknown name, suggesting the nearest.
+        PluginError: a plugin registered something that is not a :class:`Benchmark`.
+    """
+    key = name.strip()
+    if registries is None and key.lower() in BENCHMARKS:
+        return BENCHMARKS[key.lower()]
+    if registries is None:
+        from lorakit.plugins import Registries as _Registries
+
+        registries = _Registries.from_plugin_manager()
+    found = registries.benchmarks
+    if key not in found and key.lower() in found:
+        key = key.lower()
+    if key not in found:
+        known = found.names()
+        raise ConfigError(
+            f"unknown benchmark {key!r}",
+            field="bench",
+            hint=did_you_mean(key, known) or f"benchmarks: {', '.join(known) or 'none'}",
+        )
+    entry = found.entry(key)
+    if not isinstance(entry.obj, Benchmark):
+        raise PluginError(
+            f"plugin {entry.plugin!r} registered benchmark {key!r} as a "
+            f"{type(entry.obj).__name__}, not a lorakit.evaluate.benchmarks.Benchmark"
+        )
+    bench: Benchmark = entry.obj
+    return bench if bench.name == key else attrs.evolve(bench, name=key)
+
+
+def parse_bench(text: str, registries: Registries | None = None) -> tuple[Benchmark, str]:
     """Split ``NAME:PATH`` into the benchmark and its location.
 
     ``heldout:jsonl:data/test.jsonl`` gives ``heldout`` and the source URI ``jsonl:...``.
+
+    Args:
+        text: ``NAME:PATH``.
+        registries: where benchmark names are looked up (see :func:`resolve_benchmark`).
 
     Raises:
         ConfigError: no ``:PATH``, an unknown name, or a ``heldout`` location without a scheme.
     """
     name, sep, location = text.partition(":")
-    name = name.strip().lower()
-    if name not in BENCHMARKS:
-        known = sorted(BENCHMARKS)
-        raise ConfigError(
-            f"unknown benchmark {name!r} in {text!r}",
-            field="bench",
-            hint=did_you_mean(name, known) or f"benchmarks: {', '.join(known)}",
-        )
-    bench = BENCHMARKS[name]
+    try:
+        bench = resolve_benchmark(name, registries)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc.message} in {text!r}", field="bench", hint=exc.hint) from None
     if not sep or not location.strip():
         example = "jsonl:FILE" if bench.scheme is None else "PATH"
         raise ConfigError(
-            f"benchmark {name!r} needs a location: write {name}:{example}",
+            f"benchmark {bench.name!r} needs a location: write {bench.name}:{example}",
             field="bench",
         )
     if bench.scheme is None:
@@ -252,6 +304,32 @@ def load_benchmark(
     return items, pool
 
 
+def check_benchmarks(
+    benches: Sequence[str | tuple[Benchmark, str]], *, registries: Registries | None = None
+) -> list[tuple[Benchmark, str]]:
+    """Parse every benchmark and read it once, before any model loads.
+
+    Each benchmark is read as :func:`load_benchmark` reads it (a missing file, a wrong format,
+    a row without options fail here, naming the file, line and field), so a bad ``--bench``
+    costs a second, not a model load.
+
+    Args:
+        benches: ``NAME:PATH`` texts or parsed ``(benchmark, location)`` pairs.
+        registries: where benchmark names and source schemes are looked up.
+
+    Returns:
+        The parsed ``(benchmark, location)`` pairs, in order.
+
+    Raises:
+        ConfigError: an unknown benchmark or a bad location.
+        DataError: a file that cannot be read as its benchmark's format.
+    """
+    parsed = [parse_bench(b, registries) if isinstance(b, str) else b for b in benches]
+    for bench, location in parsed:
+        load_benchmark(bench, location, limit=1, registries=registries)
+    return parsed
+
+
 @attrs.frozen(kw_only=True)
 class BenchmarkResult:
     """One benchmark's score.
@@ -293,6 +371,62 @@ class BenchmarkResult:
     metric: MetricResult
     free_text: Mapping[str, Any] | None = None
 
+    @classmethod
+    def from_mcq(
+        cls, bench: str, location: str, metric: MetricResult, *, seconds: float
+    ) -> BenchmarkResult:
+        """The result of a multiple-choice benchmark from :func:`~lorakit.evaluate.mcq.score_mcq`'s
+        metric (its ``extra`` carries the shots, choices and mode it scored with)."""
+        acc_norm = metric.extra.get("acc_norm")
+        return cls(
+            bench=bench,
+            location=location,
+            n=metric.n,
+            accuracy=metric.value,
+            ci_low=metric.ci_low,
+            ci_high=metric.ci_high,
+            acc_norm=float(acc_norm) if acc_norm is not None else None,
+            perplexity=None,
+            per_category={k: v.to_dict() for k, v in metric.per_category.items()},
+            errors=dict(metric.errors),
+            shots=int(metric.extra.get("shots", 0)),
+            choices=str(metric.extra.get("choices", "letters")),
+            mode=str(metric.extra.get("mode", "loglikelihood")),
+            seconds=seconds,
+            metric=metric,
+        )
+
+    @classmethod
+    def from_perplexity(
+        cls,
+        bench: str,
+        location: str,
+        metric: MetricResult,
+        *,
+        seconds: float,
+        free_text: Mapping[str, Any] | None = None,
+    ) -> BenchmarkResult:
+        """The result of a free-text benchmark from the ``perplexity`` metric's result, with
+        the generated answers' scores (:func:`score_generated`) when there are any."""
+        return cls(
+            bench=bench,
+            location=location,
+            n=metric.n,
+            accuracy=None,
+            ci_low=None,
+            ci_high=None,
+            acc_norm=None,
+            perplexity=metric.value,
+            per_category={},
+            errors=dict(metric.errors),
+            shots=0,
+            choices="",
+            mode="perplexity",
+            seconds=seconds,
+            metric=metric,
+            free_text=free_text,
+        )
+
     @property
     def items_per_second(self) -> float:
         """Items scored per second."""
@@ -324,62 +458,102 @@ class BenchmarkResult:
         return out
 
 
-def score_generated(
+# --------------------------------------------------------------------------- scoring
+
+
+def _task(progress: ProgressReporter | None, description: str, total: int) -> Any:
+    return progress.task(description, total) if progress is not None else None
+
+
+def run_mcq_benchmark(
     model: Any,
     tokenizer: Any,
-    rows: Sequence[QARow],
-    metric_names: Sequence[str],
+    bench: Benchmark,
+    items: Sequence[QARow],
+    spec: BenchSpec | None = None,
     *,
-    registries: Registries | None = None,
-    max_new_tokens: int = 256,
-    batch_size: int = 8,
-    progress: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
-    """Generate an answer to every row (greedy, the ``qa`` template) and score it against the
-    row's reference answer with the named text metrics: mean, 95 % interval, error counts.
+    pool: Sequence[QARow] | None = None,
+    location: str = "(rows)",
+    progress: ProgressReporter | None = None,
+) -> BenchmarkResult:
+    """Score multiple-choice ``items`` of ``bench`` (its defaults where ``spec`` says ``None``).
+
+    ``pool`` is the exemplar pool (``None``: the items); ``spec.limit`` is not applied here.
 
     Raises:
-        ConfigError: a name that is not a registered text metric (``perplexity`` and
-            ``mcq_accuracy`` score a model, not a text).
+        ConfigError: bad options, too few exemplars.
+        DataError: a row without options.
     """
-    from lorakit.data.templates import qa_template
-    from lorakit.evaluate.generate import generate_answers
-    from lorakit.evaluate.text import score_free_text
+    spec = (spec or BenchSpec()).for_benchmark(bench)
+    advance = _task(progress, f"Scoring {bench.name}", len(items))
+    started = time.perf_counter()
+    metric = score_mcq(model, tokenizer, items, spec, fewshot=pool, progress=advance)
+    return BenchmarkResult.from_mcq(
+        bench.name, location, metric, seconds=time.perf_counter() - started
+    )
 
-    if registries is None:
-        from lorakit.plugins import Registries as _Registries
 
-        registries = _Registries.from_plugin_manager()
-    text_names = [
-        n
-        for n in registries.metrics.names()
-        if not hasattr(registries.metrics.resolve(n), "evaluate")
-    ]
-    metrics = {}
-    for name in metric_names:
-        metric = registries.metrics.resolve(name)
-        if hasattr(metric, "evaluate"):
-            raise ConfigError(
-                f"{name!r} scores a model, not a generated text",
-                field="metric",
-                hint=f"text metrics: {', '.join(text_names)}",
-            )
-        metrics[name] = metric
-    generations = generate_answers(
+def run_perplexity_benchmark(
+    model: Any,
+    tokenizer: Any,
+    bench: Benchmark,
+    items: Sequence[QARow],
+    spec: BenchSpec | None = None,
+    *,
+    location: str = "(rows)",
+    progress: ProgressReporter | None = None,
+    registries: Registries | None = None,
+) -> BenchmarkResult:
+    """Score free-text ``items`` by answer-only perplexity, rendered with ``spec.template``;
+    with ``spec.text_metrics``, also generate answers and score them (:func:`score_generated`).
+
+    Raises:
+        ConfigError: bad options, an unknown text metric, nothing left to score.
+    """
+    from lorakit.evaluate.perplexity import Perplexity
+
+    spec = spec or BenchSpec()
+    template = resolve_template(spec, registries)
+    advance = _task(progress, f"Scoring {bench.name}", len(items))
+    started = time.perf_counter()
+    metric = Perplexity().evaluate(
         model,
         tokenizer,
-        rows,
-        qa_template(),
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        progress=progress,
+        items,
+        template=template,
+        max_len=spec.max_len,
+        batch_size=spec.batch_size,
+        progress=advance,
     )
-    return score_free_text(
-        [g.text for g in generations],
-        [row.answer for row in rows],
-        metrics,
-        truncated=[g.truncated for g in generations],
+    free_text = None
+    if spec.text_metrics:
+        generating = _task(progress, f"Generating {bench.name}", len(items))
+        free_text = score_generated(
+            model, tokenizer, items, spec, registries=registries, progress=generating
+        )
+    return BenchmarkResult.from_perplexity(
+        bench.name,
+        location,
+        metric,
+        seconds=time.perf_counter() - started,
+        free_text=free_text,
     )
+
+
+def _target(
+    bench: str | Benchmark, path: str | None, registries: Registries | None
+) -> tuple[Benchmark, str | None]:
+    if not isinstance(bench, str):
+        return bench, path
+    if ":" not in bench:
+        return resolve_benchmark(bench, registries), path
+    if path is not None:
+        raise ConfigError(
+            f"benchmark {bench!r} names its location and path={path!r} another",
+            field="bench",
+            hint="pass NAME:PATH alone, or NAME and path",
+        )
+    return parse_bench(bench, registries)
 
 
 def run_benchmark(
@@ -387,18 +561,9 @@ def run_benchmark(
     tokenizer: Any,
     bench: str | Benchmark,
     path: str | None = None,
+    spec: BenchSpec | None = None,
     *,
     rows: Sequence[QARow] | None = None,
-    limit: int | None = None,
-    shots: int | None = None,
-    choices: ChoiceStyle | None = None,
-    mode: Literal["loglikelihood", "generate"] = "loglikelihood",
-    batch_size: int = 8,
-    max_length: int | None = None,
-    chat_template: bool = False,
-    max_len: int = 1024,
-    text_metrics: Sequence[str] = (),
-    max_new_tokens: int = 256,
     progress: ProgressReporter | None = None,
     registries: Registries | None = None,
 ) -> BenchmarkResult:
@@ -409,21 +574,12 @@ def run_benchmark(
         tokenizer: its tokenizer.
         bench: a :class:`Benchmark`, its name, or ``"NAME:PATH"`` (then ``path`` is ``None``).
         path: the benchmark's location; may be ``None`` when ``rows`` are given.
+        spec: how to score (:class:`~lorakit.evaluate.spec.BenchSpec`; defaults when ``None``):
+            ``limit`` keeps the first items, ``None`` fields take the benchmark's defaults.
         rows: the items themselves instead of reading ``path`` (the recipe's test split for
             ``heldout``); exemplars then come from these rows.
-        limit: score the first ``limit`` items only.
-        shots: exemplars per item (default: the benchmark's).
-        choices: continuation style (default: the benchmark's).
-        mode: ``"loglikelihood"`` (default) or ``"generate"``; ignored by ``heldout``.
-        batch_size: sequences per forward pass.
-        max_length: the model's context length for MCQ scoring (default: from its config).
-        chat_template: render MCQ prompts with the tokenizer's chat template.
-        max_len: tokens per example for perplexity (``heldout``).
-        text_metrics: for ``heldout``: also generate answers and score them with these
-            registered text metrics (``token_f1``, ``rouge_l`` ...).
-        max_new_tokens: the longest generated answer, with ``text_metrics``.
         progress: a :class:`~lorakit.reporting.ProgressReporter`; one task per benchmark.
-        registries: where source schemes are looked up.
+        registries: where benchmark names, source schemes, templates and metrics are looked up.
 
     Returns:
         The benchmark's result.
@@ -432,285 +588,30 @@ def run_benchmark(
         ConfigError: an unknown benchmark, bad options, no items.
         DataError: an unreadable file or a bad row, naming the file, line and field.
     """
-    if isinstance(bench, str):
-        if ":" in bench:
-            if path is not None:
-                raise ConfigError(
-                    f"benchmark {bench!r} names its location and path={path!r} another",
-                    field="bench",
-                    hint="pass NAME:PATH alone, or NAME and path",
-                )
-            bench, path = parse_bench(bench)
-        else:
-            name = bench.strip().lower()
-            if name not in BENCHMARKS:
-                parse_bench(f"{name}:x")  # raises the unknown-benchmark error
-            bench = BENCHMARKS[name]
+    spec = spec or BenchSpec()
+    target, path = _target(bench, path, registries)
     if rows is not None:
-        items = list(rows)[:limit] if limit is not None else list(rows)
+        items = list(rows)[: spec.limit] if spec.limit is not None else list(rows)
         pool = list(rows)
         location = path or "(rows)"
         if not items:
-            raise ConfigError(f"benchmark {bench.name!r}: no rows to score", field="rows")
+            raise ConfigError(f"benchmark {target.name!r}: no rows to score", field="rows")
     else:
         if path is None:
-            raise ConfigError(f"benchmark {bench.name!r} needs a path or rows", field="bench")
-        items, pool = load_benchmark(bench, path, limit=limit, registries=registries)
+            raise ConfigError(f"benchmark {target.name!r} needs a path or rows", field="bench")
+        items, pool = load_benchmark(target, path, limit=spec.limit, registries=registries)
         location = path
-    advance = progress.task(f"Scoring {bench.name}", len(items)) if progress is not None else None
-    started = time.perf_counter()
-    if bench.metric == "perplexity":
-        from lorakit.evaluate.perplexity import Perplexity
-
-        metric = Perplexity().evaluate(
-            model, tokenizer, items, max_len=max_len, batch_size=batch_size, progress=advance
-        )
-        free_text = None
-        if text_metrics:
-            generating = (
-                progress.task(f"Generating {bench.name}", len(items))
-                if progress is not None
-                else None
-            )
-            free_text = score_generated(
-                model,
-                tokenizer,
-                items,
-                text_metrics,
-                registries=registries,
-                max_new_tokens=max_new_tokens,
-                batch_size=batch_size,
-                progress=generating,
-            )
-        seconds = time.perf_counter() - started
-        return BenchmarkResult(
-            bench=bench.name,
+    if target.metric == "perplexity":
+        return run_perplexity_benchmark(
+            model,
+            tokenizer,
+            target,
+            items,
+            spec,
             location=location,
-            n=metric.n,
-            accuracy=None,
-            ci_low=None,
-            ci_high=None,
-            acc_norm=None,
-            perplexity=metric.value,
-            per_category={},
-            errors=dict(metric.errors),
-            shots=0,
-            choices="",
-            mode="perplexity",
-            seconds=seconds,
-            metric=metric,
-            free_text=free_text,
+            progress=progress,
+            registries=registries,
         )
-    spec = MCQSpec(
-        choices=choices or bench.choices,
-        shots=bench.shots if shots is None else shots,
-        fewshot_by_category=bench.fewshot_by_category,
-        description=bench.description,
-        batch_size=batch_size,
-        max_length=max_length,
-        mode=mode,
-        chat_template=chat_template,
+    return run_mcq_benchmark(
+        model, tokenizer, target, items, spec, pool=pool, location=location, progress=progress
     )
-    metric = score_mcq(
-        model, tokenizer, items, spec, fewshot=pool, progress=advance, name="mcq_accuracy"
-    )
-    seconds = time.perf_counter() - started
-    acc_norm = metric.extra.get("acc_norm")
-    return BenchmarkResult(
-        bench=bench.name,
-        location=location,
-        n=metric.n,
-        accuracy=metric.value,
-        ci_low=metric.ci_low,
-        ci_high=metric.ci_high,
-        acc_norm=float(acc_norm) if acc_norm is not None else None,
-        perplexity=None,
-        per_category={k: v.to_dict() for k, v in metric.per_category.items()},
-        errors=dict(metric.errors),
-        shots=spec.shots,
-        choices=spec.choices,
-        mode=spec.mode,
-        seconds=seconds,
-        metric=metric,
-    )
-
-
-# --------------------------------------------------------------------------- comparison
-
-
-@attrs.frozen(kw_only=True)
-class Comparison:
-    """Adapter minus base on one benchmark, over the same items.
-
-    Attributes:
-        bench: the benchmark's name.
-        n: items compared.
-        measure: ``"accuracy"`` or ``"perplexity"``.
-        base: the base model's value.
-        adapter: the adapter's value.
-        delta: ``adapter - base`` (for perplexity, negative is better).
-        ci_low: the lower bound of the paired bootstrap 95 % interval of ``delta`` (``None`` for
-            perplexity: per-item losses are not kept).
-        ci_high: the upper bound.
-        per_category: per category ``{"n", "base", "adapter", "delta", "ci_low", "ci_high"}``.
-        resamples: bootstrap resamples.
-        seed: the bootstrap seed.
-    """
-
-    bench: str
-    n: int
-    measure: str
-    base: float
-    adapter: float
-    delta: float
-    ci_low: float | None
-    ci_high: float | None
-    per_category: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
-    resamples: int = 0
-    seed: int = 0
-
-    @property
-    def significant(self) -> bool:
-        """Whether the interval excludes 0."""
-        if self.ci_low is None or self.ci_high is None:
-            return False
-        return self.ci_low > 0.0 or self.ci_high < 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able copy."""
-        out = attrs.asdict(self)
-        out["significant"] = self.significant
-        return out
-
-
-def compare(
-    base: BenchmarkResult,
-    adapter: BenchmarkResult,
-    *,
-    resamples: int = 10_000,
-    seed: int = 0,
-) -> Comparison:
-    """The adapter's change over the base model, with a paired bootstrap interval.
-
-    Both results must come from the same benchmark and the same items in the same order.
-
-    Raises:
-        ConfigError: different benchmarks or items.
-    """
-    if base.bench != adapter.bench:
-        raise ConfigError(f"cannot compare benchmark {base.bench!r} with {adapter.bench!r}")
-    if base.metric.item_ids != adapter.metric.item_ids:
-        raise ConfigError(
-            f"benchmark {base.bench!r}: the two runs scored different items",
-            hint="run base and adapter with the same path, --limit and data",
-        )
-    if base.accuracy is None or adapter.accuracy is None:
-        if base.perplexity is None or adapter.perplexity is None:
-            raise ConfigError(f"benchmark {base.bench!r}: nothing to compare")
-        return Comparison(
-            bench=base.bench,
-            n=base.n,
-            measure="perplexity",
-            base=base.perplexity,
-            adapter=adapter.perplexity,
-            delta=adapter.perplexity - base.perplexity,
-            ci_low=None,
-            ci_high=None,
-        )
-    boot = paired_bootstrap(
-        base.metric.correct, adapter.metric.correct, resamples=resamples, seed=seed
-    )
-    per_category: dict[str, dict[str, Any]] = {}
-    categories = base.metric.item_categories
-    if categories:
-        for name in sorted(set(categories)):
-            index = [i for i, c in enumerate(categories) if c == name]
-            part = paired_bootstrap(
-                [base.metric.correct[i] for i in index],
-                [adapter.metric.correct[i] for i in index],
-                resamples=resamples,
-                seed=seed,
-            )
-            per_category[name] = {
-                "n": part.n,
-                "base": part.mean_a,
-                "adapter": part.mean_b,
-                "delta": part.delta,
-                "ci_low": part.ci_low,
-                "ci_high": part.ci_high,
-            }
-    return Comparison(
-        bench=base.bench,
-        n=boot.n,
-        measure="accuracy",
-        base=boot.mean_a,
-        adapter=boot.mean_b,
-        delta=boot.delta,
-        ci_low=boot.ci_low,
-        ci_high=boot.ci_high,
-        per_category=per_category,
-        resamples=resamples,
-        seed=seed,
-    )
-
-
-# --------------------------------------------------------------------------- adapters
-
-
-def _same_model(a: str, b: str) -> bool:
-    from lorakit.model import resolve_model_path
-
-    a, b = resolve_model_path(a.strip()), resolve_model_path(b.strip())
-    if a.rstrip("/") == b.rstrip("/"):
-        return True
-    pa, pb = Path(a).expanduser(), Path(b).expanduser()
-    if pa.is_dir() and pb.is_dir():
-        return pa.resolve() == pb.resolve()
-    return False
-
-
-def check_adapter_base(adapter_dir: str | Path, model: str) -> str | None:
-    """Check that an adapter was trained on ``model``; return the base it names.
-
-    The rule: read ``base_model_name_or_path`` from the adapter's ``adapter_config.json``. The
-    two names match when they are the same text (ignoring surrounding whitespace and a trailing
-    ``/``), when both are existing local folders that resolve to the same folder (symlinks and
-    relative paths resolved), or when both name lorakit's built-in ``tiny-phi3``. A hub id never
-    matches a local folder, even a copy of that model: pass the name the adapter was trained
-    with. An adapter that records no base cannot be checked and passes (``None`` is returned).
-
-    Args:
-        adapter_dir: the adapter folder (``save_pretrained`` output).
-        model: the ``--model`` given: a hub id, a local folder or ``tiny-phi3``.
-
-    Returns:
-        The adapter's recorded base model, or ``None`` when it records none.
-
-    Raises:
-        ConfigError: no ``adapter_config.json``, unreadable JSON, or a different base model.
-    """
-    config_path = Path(adapter_dir) / "adapter_config.json"
-    if not config_path.is_file():
-        raise ConfigError(
-            "is not an adapter folder (no adapter_config.json)",
-            file=str(adapter_dir),
-            field="adapter",
-            hint="pass the adapter folder a training run wrote (RUN_DIR/adapter)",
-        )
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(
-            f"cannot read the adapter config: {exc}", file=str(config_path), field="adapter"
-        ) from None
-    recorded = config.get("base_model_name_or_path") if isinstance(config, dict) else None
-    if not recorded:
-        return None
-    if not _same_model(str(recorded), model):
-        raise ConfigError(
-            f"the adapter was trained on {recorded!r}, not on --model {model!r}",
-            file=str(config_path),
-            field="base_model_name_or_path",
-            hint=f"pass --model {recorded}",
-        )
-    return str(recorded)

@@ -21,6 +21,11 @@ prompt is the last column of the batch. In float32 on a CPU the answers equal th
 generation (tested); in bfloat16 or float16 on a GPU, batched kernels round differently, so at a
 near-tie between two tokens a batched answer can take the other branch. Compare runs with the
 same ``batch_size``.
+
+:func:`score_generated` is the whole free-text evaluation in one call: it renders each row with
+the template a :class:`~lorakit.evaluate.spec.BenchSpec` names (a training run passes its own
+``data.template`` and options, so answers are prompted as the adapter was trained), generates,
+and scores the answers with the spec's text metrics.
 """
 
 from __future__ import annotations
@@ -34,9 +39,18 @@ from lorakit.errors import ConfigError
 
 if TYPE_CHECKING:
     from lorakit.data.rows import QARow
+    from lorakit.evaluate.spec import BenchSpec
+    from lorakit.plugins import Registries
     from lorakit.protocols import Template
 
-__all__ = ["Generation", "generate_answers", "prompt_token_ids"]
+__all__ = [
+    "Generation",
+    "generate_answers",
+    "prompt_token_ids",
+    "resolve_template",
+    "resolve_text_metrics",
+    "score_generated",
+]
 
 
 @attrs.frozen
@@ -72,16 +86,11 @@ def prompt_token_ids(rows: Sequence[QARow], tokenizer: Any, template: Template) 
     Raises:
         ConfigError: the tokenizer has no chat template.
     """
-    from lorakit.data.tokenize import _ChatFormat, _ids, _render
+    from lorakit.data.tokenize import generation_prompt_ids
 
-    if not rows:
-        return []
-    fmt = _ChatFormat.probe(tokenizer)
-    messages = [[dict(m) for m in template.prompt(row)] for row in rows]
-    texts = _render(tokenizer, messages, generation_prompt=True)
-    return [
-        fmt.prefix_for(text) + ids for text, ids in zip(texts, _ids(tokenizer, texts), strict=True)
-    ]
+    return generation_prompt_ids(
+        tokenizer, [[dict(m) for m in template.prompt(row)] for row in rows]
+    )
 
 
 def generate_answers(
@@ -232,4 +241,103 @@ def _finish(
         truncated=end is None and len(new) >= max_new_tokens,
         origin=origin,
         new_tokens=len(answer),
+    )
+
+
+# --------------------------------------------------------------------------- scored answers
+
+
+def resolve_template(spec: BenchSpec, registries: Registries | None = None) -> Template:
+    """The prompt template ``spec`` names, built with its options (free-text rows are rendered
+    with it, for perplexity and for generated answers).
+
+    Raises:
+        ConfigError: an unknown template, or options it does not take.
+    """
+    if registries is None:
+        from lorakit.plugins import Registries as _Registries
+
+        registries = _Registries.from_plugin_manager()
+    factory = registries.templates.resolve(spec.template)
+    try:
+        template: Template = factory(**spec.template_options)
+    except TypeError as exc:
+        raise ConfigError(
+            f"bad options for template {spec.template!r}: {exc}", field="template_options"
+        ) from exc
+    return template
+
+
+def resolve_text_metrics(names: Sequence[str], registries: Registries) -> dict[str, Any]:
+    """The registered text metrics of these names, by name.
+
+    Raises:
+        ConfigError: no name, an unknown name, or a model metric (``perplexity`` and
+            ``mcq_accuracy`` score a model, not a generated text).
+    """
+    text_names = [
+        n
+        for n in registries.metrics.names()
+        if not hasattr(registries.metrics.resolve(n), "evaluate")
+    ]
+    if not names:
+        raise ConfigError(
+            "no text metric to score generated answers with",
+            field="text_metrics",
+            hint=f"text metrics: {', '.join(text_names)}",
+        )
+    metrics = {}
+    for name in names:
+        metric = registries.metrics.resolve(name)
+        if hasattr(metric, "evaluate"):
+            raise ConfigError(
+                f"{name!r} scores a model, not a generated text",
+                field="metric",
+                hint=f"text metrics: {', '.join(text_names)}",
+            )
+        metrics[name] = metric
+    return metrics
+
+
+def score_generated(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[QARow],
+    spec: BenchSpec,
+    *,
+    registries: Registries | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Generate an answer to every row and score it against the row's reference answer.
+
+    Prompts are rendered with ``spec.template`` and its options (a training run's own
+    template), decoded greedily up to ``spec.max_new_tokens``, ``spec.batch_size`` at a time,
+    and scored with each of ``spec.text_metrics``: mean, 95 % interval, error counts (see
+    :func:`~lorakit.evaluate.text.score_free_text`). ``spec.limit`` is not applied here.
+
+    Raises:
+        ConfigError: no text metric, a name that is not a registered text metric
+            (``perplexity`` and ``mcq_accuracy`` score a model, not a text), or a bad template.
+    """
+    from lorakit.evaluate.text import score_free_text
+
+    if registries is None:
+        from lorakit.plugins import Registries as _Registries
+
+        registries = _Registries.from_plugin_manager()
+    metrics = resolve_text_metrics(spec.text_metrics, registries)
+    generations = generate_answers(
+        model,
+        tokenizer,
+        rows,
+        resolve_template(spec, registries),
+        max_new_tokens=spec.max_new_tokens,
+        batch_size=spec.batch_size,
+        progress=progress,
+    )
+    return score_free_text(
+        [g.text for g in generations],
+        [row.answer for row in rows],
+        metrics,
+        truncated=[g.truncated for g in generations],
     )

@@ -19,7 +19,7 @@ from lorakit.hookspecs import hookimpl
 from lorakit.model import TINY_PHI3, ModelSpec, QuantSpec
 from lorakit.protocols import Register
 from lorakit.recipe import Recipe
-from lorakit.train import TrainingArgs
+from lorakit.train import TrainingSpec
 
 __all__ = ["DEMO_DATA", "MEDQUAD_HUB", "medqa_phi3", "medqa_phi3_speed", "medqa_phi3_tiny"]
 
@@ -45,7 +45,7 @@ medqa_phi3 = Recipe(
         split=SplitSpec(eval_fraction=0.05, test_fraction=0.05, group_by="question", seed=0),
         tokenize=TokenizeSpec(max_len=1024),
     ),
-    training=TrainingArgs(
+    training=TrainingSpec(
         epochs=1.0,
         batch_size=4,
         # Packed (the default), a step holds the seed's 4 x 4 x 1024 tokens as two
