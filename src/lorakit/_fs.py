@@ -21,6 +21,7 @@ from lorakit.errors import LorakitError
 
 __all__ = [
     "LOCK_FILE",
+    "WRITE_FAILURES",
     "RunLock",
     "current_umask",
     "fs_error",
@@ -37,6 +38,8 @@ LOCK_FILE = ".lock"
 
 _FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 _DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
+WRITE_FAILURES = frozenset(_FULL | _DENIED | {errno.ENOTDIR, errno.EISDIR})
+"""Operating-system errors that mean a file could not be written where it was asked."""
 
 
 def fs_error(error: OSError, action: str, path: Path | str | None = None) -> LorakitError:

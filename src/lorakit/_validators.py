@@ -18,11 +18,21 @@ if TYPE_CHECKING:
     from lorakit.plugins import Registries
     from lorakit.recipe import Recipe
 
-__all__ = ["check_recipe", "finite"]
+__all__ = [
+    "check_recipe",
+    "finite",
+    "number",
+    "one_of",
+    "require_fraction",
+    "require_int",
+    "require_optional_int",
+]
+
+Validator = Callable[[Any, Any, Any], None]
 
 
-def finite(section: str) -> Callable[[Any, Any, float | None], None]:
-    """An attrs validator: the value is a finite number (not inf or nan)."""
+def finite(section: str) -> Validator:
+    """An attrs validator: the value is a finite number (not inf or nan); ``None`` passes."""
 
     def check(instance: Any, attribute: Any, value: float | None) -> None:
         if value is not None and not math.isfinite(value):
@@ -33,6 +43,84 @@ def finite(section: str) -> Callable[[Any, Any, float | None], None]:
             )
 
     return check
+
+
+def number(
+    section: str,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+    optional: bool = False,
+) -> Validator:
+    """An attrs validator for a finite number within bounds, raising :class:`ConfigError`
+    that names the setting (``section.name``); ``optional`` lets ``None`` pass."""
+    bounds = [
+        (bound, text, test)
+        for bound, text, test in (
+            (gt, "above", lambda v, b: v > b),
+            (ge, "at least", lambda v, b: v >= b),
+            (lt, "below", lambda v, b: v < b),
+            (le, "at most", lambda v, b: v <= b),
+        )
+        if bound is not None
+    ]
+    wanted = " and ".join(f"{text} {bound:g}" for bound, text, _ in bounds)
+
+    def check(instance: Any, attribute: Any, value: float | None) -> None:
+        if value is None and optional:
+            return
+        field = f"{section}.{attribute.name}"
+        finite(section)(instance, attribute, value)
+        if not all(test(value, bound) for bound, _, test in bounds):
+            raise ConfigError(f"must be {wanted}, not {value!r}", field=field)
+
+    return check
+
+
+def one_of(section: str, choices: tuple[str, ...]) -> Validator:
+    """An attrs validator: the value is one of ``choices`` (the error lists them)."""
+
+    def check(instance: Any, attribute: Any, value: str) -> None:
+        if value not in choices:
+            from lorakit.errors import did_you_mean
+
+            raise ConfigError(
+                f"{value!r} is not one of {', '.join(choices)}",
+                field=f"{section}.{attribute.name}",
+                hint=did_you_mean(str(value), choices),
+            )
+
+    return check
+
+
+def require_int(cleaner: str, option: str, value: object, minimum: int) -> int:
+    """A plugin option that must be an integer of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(
+            f"cleaner {cleaner!r}: option {option!r} must be an integer >= {minimum}, got {value!r}",
+            field=option,
+        )
+    return value
+
+
+def require_optional_int(cleaner: str, option: str, value: object) -> int | None:
+    """A plugin option that is ``None`` or an integer of at least 0."""
+    if value is None:
+        return None
+    return require_int(cleaner, option, value, 0)
+
+
+def require_fraction(cleaner: str, option: str, value: object) -> float:
+    """A plugin option that is a number in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+        raise ConfigError(
+            f"cleaner {cleaner!r}: option {option!r} must be a number in (0, 1], got {value!r}",
+            field=option,
+            hint="a Jaccard similarity, e.g. 0.9",
+        )
+    return float(value)
 
 
 def check_recipe(recipe: Recipe, registries: Registries) -> list[LorakitError]:

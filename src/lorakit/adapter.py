@@ -7,6 +7,7 @@ from typing import Any
 
 import attrs
 
+from lorakit._validators import number
 from lorakit.errors import ConfigError, did_you_mean
 
 __all__ = ["ARCHITECTURE_TARGETS", "AdapterSpec", "apply_adapter", "resolve_targets"]
@@ -44,10 +45,10 @@ class AdapterSpec:
         dora: weight-decomposed LoRA (DoRA); slower, sometimes better at low rank.
     """
 
-    rank: int = attrs.field(default=16, validator=attrs.validators.gt(0))
-    alpha: int = attrs.field(default=32, validator=attrs.validators.gt(0))
+    rank: int = attrs.field(default=16, validator=number("adapter", gt=0))
+    alpha: int = attrs.field(default=32, validator=number("adapter", gt=0))
     dropout: float = attrs.field(
-        default=0.1, converter=float, validator=[attrs.validators.ge(0), attrs.validators.lt(1)]
+        default=0.1, converter=float, validator=number("adapter", ge=0, lt=1)
     )
     targets: tuple[str, ...] = attrs.field(default=("attention", "mlp"), converter=_targets)
     rslora: bool = False

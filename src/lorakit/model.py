@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import attrs
 
+from lorakit._validators import one_of
 from lorakit.attention import register_varlen
 from lorakit.errors import ConfigError
 from lorakit.hookspecs import hookimpl
@@ -51,11 +52,11 @@ class QuantSpec:
     """
 
     method: QuantMethod = attrs.field(
-        default="nf4", validator=attrs.validators.in_(("nf4", "fp4", "none"))
+        default="nf4", validator=one_of("model.quant", ("nf4", "fp4", "none"))
     )
     double_quant: bool = True
     compute_dtype: DtypeName = attrs.field(
-        default="auto", validator=attrs.validators.in_(("auto", "bfloat16", "float16", "float32"))
+        default="auto", validator=one_of("model.quant", ("auto", "bfloat16", "float16", "float32"))
     )
 
 
@@ -82,7 +83,7 @@ class ModelSpec:
     revision: str | None = None
     quant: QuantSpec = attrs.field(factory=QuantSpec)
     attn_implementation: AttnImplementation = attrs.field(
-        default="auto", validator=attrs.validators.in_(ATTN_IMPLEMENTATIONS)
+        default="auto", validator=one_of("model", ATTN_IMPLEMENTATIONS)
     )
     trust_remote_code: bool = False
 

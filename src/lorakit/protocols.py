@@ -1,4 +1,5 @@
-"""The shapes of what plugins register: sources, cleaners, templates, metrics.
+"""The shapes of what plugins register: sources, cleaners, templates, metrics, retrievers
+and guards, and the values the answer path passes between them (passages, hits, verdicts).
 
 These are :class:`typing.Protocol` classes: a plugin's object needs the right
 call signature, not a base class.
@@ -7,7 +8,7 @@ call signature, not a base class.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import attrs
 
@@ -17,13 +18,19 @@ if TYPE_CHECKING:
 __all__ = [
     "Cleaner",
     "CleanerFactory",
+    "Decision",
     "Drop",
+    "Guard",
+    "Hit",
     "Message",
     "Metric",
+    "Passage",
     "Register",
+    "Retriever",
     "SourceReader",
     "Template",
     "TemplateFactory",
+    "Verdict",
 ]
 
 Message = Mapping[str, str]
@@ -118,3 +125,79 @@ def mean_metric(metric: Metric, predictions: Sequence[str], references: Sequence
     return sum(metric(p, r) for p, r in zip(predictions, references, strict=True)) / len(
         predictions
     )
+
+
+# --------------------------------------------------------------------------- the answer path
+# retrieve -> input guards -> generate -> output guards (lorakit.answer). Retrieval
+# (lorakit.retrieval) and safety (lorakit.safety) produce these values; every front end
+# (ask, chat, generate, serve) consumes them through the answer path.
+
+
+@attrs.frozen(kw_only=True)
+class Passage:
+    """A piece of a vetted document, with its provenance.
+
+    ``passage_id`` is unique in its index and stable across rebuilds of the same text;
+    ``url`` may be empty (the passage is then cited without a link).
+    """
+
+    passage_id: str
+    doc_id: str
+    text: str
+    source: str = ""
+    title: str = ""
+    url: str = ""
+    content_hash: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class Hit:
+    """A passage a retriever returned for a query; a higher ``score`` is more relevant.
+    ``scores`` keeps each retriever's own score (``{"bm25": ..., "dense": ...}``)."""
+
+    passage: Passage
+    score: float
+    scores: Mapping[str, float] = attrs.field(factory=dict)
+
+
+@runtime_checkable
+class Retriever(Protocol):
+    """What ``lorakit_register_retrievers`` provides: passages for a question, best first."""
+
+    def search(self, query: str, k: int = 5) -> Sequence[Hit]: ...
+
+
+Decision = Literal["allow", "flag", "block", "rewrite"]
+"""What a guard decides: let the text through, let it through with a note, refuse it, or
+replace it (``Verdict.text``)."""
+
+
+@attrs.frozen(kw_only=True)
+class Verdict:
+    """A guard's decision on one text, with a reason code a user can look up.
+
+    ``message`` is what the user is shown for ``flag`` and ``block`` (an urgent-care notice,
+    a refusal); ``text`` is the replacement for ``rewrite``; ``score`` a classifier's.
+    """
+
+    guard: str
+    decision: Decision
+    reason: str = ""
+    message: str = ""
+    text: str | None = None
+    score: float | None = None
+
+
+@runtime_checkable
+class Guard(Protocol):
+    """An input guard (``stage == "input"``: sees the user's message before generation) or
+    an output guard (``"output"``: sees the answer before it is returned).
+
+    ``check(text, question=...)``: for an output guard ``text`` is the answer and
+    ``question`` the user's message; for an input guard ``question`` is ``None``.
+    """
+
+    name: str
+    stage: Literal["input", "output"]
+
+    def check(self, text: str, *, question: str | None = None) -> Verdict: ...

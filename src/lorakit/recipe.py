@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from lorakit._fs import LOCK_FILE, fs_error, read_json_object, write_json_atomic
+from lorakit._validators import number
 from lorakit.adapter import AdapterSpec
 from lorakit.data.pipeline import DataSpec
 from lorakit.errors import ConfigError, LorakitError
@@ -73,14 +74,14 @@ class EvalSpec:
 
     benchmarks: tuple[str, ...] = attrs.field(default=(), converter=_benchmarks)
     limit: int | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.ge(1))
+        default=None, validator=number("evaluation", ge=1, optional=True)
     )
     shots: int | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.ge(0))
+        default=None, validator=number("evaluation", ge=0, optional=True)
     )
     chat_template: bool = True
     metrics: tuple[str, ...] = ()
-    max_new_tokens: int = attrs.field(default=256, validator=attrs.validators.ge(1))
+    max_new_tokens: int = attrs.field(default=256, validator=number("evaluation", ge=1))
 
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")

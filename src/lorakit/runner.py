@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from lorakit._fs import RunLock, fs_error, read_json_object, write_json_atomic, write_text_atomic
+from lorakit._fs import (
+    WRITE_FAILURES,
+    RunLock,
+    fs_error,
+    read_json_object,
+    write_json_atomic,
+    write_text_atomic,
+)
 from lorakit.errors import ConfigError, LorakitError
 
 if TYPE_CHECKING:
@@ -117,6 +124,8 @@ def run_recipe(
             result = _run_phases(ctx)
         except OSError as error:  # a full disk or a folder made read-only during the run
             hook.lorakit_run_failed(recipe=recipe, run_dir=folder, error=error)
+            if error.errno not in WRITE_FAILURES:
+                raise
             raise fs_error(error, "write the run directory") from None
         except BaseException as error:
             hook.lorakit_run_failed(recipe=recipe, run_dir=folder, error=error)

@@ -15,7 +15,7 @@ from typing import Any, Literal, get_args
 
 import attrs
 
-from lorakit._validators import finite
+from lorakit._validators import number, one_of
 from lorakit.errors import ConfigError, LorakitError
 
 __all__ = [
@@ -39,9 +39,6 @@ SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
 
 class TrainingDiverged(LorakitError):
     """The training loss became NaN or infinite."""
-
-
-_finite = finite("training")
 
 
 @attrs.frozen(kw_only=True)
@@ -93,50 +90,50 @@ class TrainingSpec:
     """
 
     epochs: float = attrs.field(
-        default=1.0, converter=float, validator=[attrs.validators.gt(0), attrs.validators.lt(1e6)]
+        default=1.0, converter=float, validator=number("training", gt=0, lt=1e6)
     )
     max_steps: int | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
+        default=None, validator=number("training", gt=0, optional=True)
     )
-    batch_size: int = attrs.field(default=4, validator=attrs.validators.gt(0))
-    grad_accum: int = attrs.field(default=4, validator=attrs.validators.gt(0))
-    eval_batch_size: int = attrs.field(default=8, validator=attrs.validators.gt(0))
+    batch_size: int = attrs.field(default=4, validator=number("training", gt=0))
+    grad_accum: int = attrs.field(default=4, validator=number("training", gt=0))
+    eval_batch_size: int = attrs.field(default=8, validator=number("training", gt=0))
     learning_rate: float = attrs.field(
-        default=2e-4, converter=float, validator=[_finite, attrs.validators.gt(0)]
+        default=2e-4, converter=float, validator=number("training", gt=0)
     )
     weight_decay: float = attrs.field(
-        default=0.0, converter=float, validator=[_finite, attrs.validators.ge(0)]
+        default=0.0, converter=float, validator=number("training", ge=0)
     )
     max_grad_norm: float = attrs.field(
-        default=1.0, converter=float, validator=[_finite, attrs.validators.gt(0)]
+        default=1.0, converter=float, validator=number("training", gt=0)
     )
     optimizer: Optimizer = attrs.field(
-        default="paged_adamw_8bit", validator=attrs.validators.in_(OPTIMIZERS)
+        default="paged_adamw_8bit", validator=one_of("training", OPTIMIZERS)
     )
-    scheduler: Scheduler = attrs.field(default="cosine", validator=attrs.validators.in_(SCHEDULERS))
-    warmup_steps: int = attrs.field(default=100, validator=attrs.validators.ge(0))
+    scheduler: Scheduler = attrs.field(default="cosine", validator=one_of("training", SCHEDULERS))
+    warmup_steps: int = attrs.field(default=100, validator=number("training", ge=0))
     max_warmup_fraction: float = attrs.field(
-        default=0.1, converter=float, validator=[attrs.validators.ge(0), attrs.validators.le(1)]
+        default=0.1, converter=float, validator=number("training", ge=0, le=1)
     )
     gradient_checkpointing: bool = True
-    eval_steps: int = attrs.field(default=100, validator=attrs.validators.gt(0))
-    save_steps: int = attrs.field(default=100, validator=attrs.validators.gt(0))
+    eval_steps: int = attrs.field(default=100, validator=number("training", gt=0))
+    save_steps: int = attrs.field(default=100, validator=number("training", gt=0))
     save_total_limit: int | None = 3
     load_best: bool = True
     early_stopping_patience: int | None = None
-    logging_steps: int = attrs.field(default=10, validator=attrs.validators.gt(0))
+    logging_steps: int = attrs.field(default=10, validator=number("training", gt=0))
     group_by_length: bool = True
     pad_to_multiple_of: int | None = 64
     packing: bool = True
     tokens_per_batch: int | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
+        default=None, validator=number("training", gt=0, optional=True)
     )
-    checkpoint_every: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+    checkpoint_every: int = attrs.field(default=1, validator=number("training", ge=1))
     liger: Literal["auto", "on", "off"] = "auto"
     fused_lora: bool = True
     max_memory_gb: float | None = attrs.field(
         default=None,
-        validator=attrs.validators.optional([_finite, attrs.validators.gt(0)]),
+        validator=number("training", gt=0, optional=True),
     )
     seed: int = 42
 

@@ -30,6 +30,7 @@ from typing import Any
 import attrs
 
 from lorakit._registry import Registry
+from lorakit._validators import require_fraction, require_int, require_optional_int
 from lorakit.data.minhash import LSHIndex, MinHasher, normalize_text
 from lorakit.data.rows import QARow
 from lorakit.errors import ConfigError, PluginError, did_you_mean
@@ -465,34 +466,6 @@ def clean_rows(
     return kept, report
 
 
-# --------------------------------------------------------------------------- option checks
-
-
-def _require_int(cleaner: str, option: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(
-            f"cleaner {cleaner!r}: option {option!r} must be an integer >= {minimum}, got {value!r}",
-            field=option,
-        )
-    return value
-
-
-def _require_optional_int(cleaner: str, option: str, value: object) -> int | None:
-    if value is None:
-        return None
-    return _require_int(cleaner, option, value, 0)
-
-
-def _require_fraction(cleaner: str, option: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
-        raise ConfigError(
-            f"cleaner {cleaner!r}: option {option!r} must be a number in (0, 1], got {value!r}",
-            field=option,
-            hint="a Jaccard similarity, e.g. 0.9",
-        )
-    return float(value)
-
-
 # --------------------------------------------------------------------------- cleaners
 
 _SPACES = re.compile(r"[^\S\n]+")
@@ -621,10 +594,10 @@ def near_dedup(
         ngram: words per shingle.
         seed: seed of the MinHash permutations.
     """
-    threshold = _require_fraction("near_dedup", "threshold", threshold)
-    num_perm = _require_int("near_dedup", "num_perm", num_perm, 16)
-    ngram = _require_int("near_dedup", "ngram", ngram, 1)
-    seed = _require_int("near_dedup", "seed", seed, 0)
+    threshold = require_fraction("near_dedup", "threshold", threshold)
+    num_perm = require_int("near_dedup", "num_perm", num_perm, 16)
+    ngram = require_int("near_dedup", "ngram", ngram, 1)
+    seed = require_int("near_dedup", "seed", seed, 0)
     hasher = MinHasher(num_perm=num_perm, ngram=ngram, seed=seed)
     index = LSHIndex(num_perm, threshold)
     labels: list[str] = []
@@ -660,16 +633,16 @@ def length_filter(
     than 4000 chars"``).
     """
     bounds = {
-        "min_question_chars": _require_optional_int(
+        "min_question_chars": require_optional_int(
             "length_filter", "min_question_chars", min_question_chars
         ),
-        "max_question_chars": _require_optional_int(
+        "max_question_chars": require_optional_int(
             "length_filter", "max_question_chars", max_question_chars
         ),
-        "min_answer_chars": _require_optional_int(
+        "min_answer_chars": require_optional_int(
             "length_filter", "min_answer_chars", min_answer_chars
         ),
-        "max_answer_chars": _require_optional_int(
+        "max_answer_chars": require_optional_int(
             "length_filter", "max_answer_chars", max_answer_chars
         ),
     }
