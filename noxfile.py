@@ -25,7 +25,7 @@ def tests(session: nox.Session) -> None:
     """Unit and CPU end-to-end tests (real data from ../shared/data when present)."""
     session.install(TORCH)
     # The lm-evaluation-harness agreement test and the embedding metric run in CI too.
-    session.install("-e", ".[test,agreement,embeddings]")
+    session.install("-e", ".[test,agreement,embeddings,retrieval,safety,serve]")
     session.run("pytest", *session.posargs, env=OFFLINE)
 
 

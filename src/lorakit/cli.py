@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -115,8 +116,17 @@ def presets_command(as_json: bool) -> None:
     )
 
 
+def _recipe(preset_or_file: str, assignments: tuple[str, ...]) -> Any:
+    """A preset, recipe file (TOML, YAML, JSON) or run directory, with ``--set`` changes."""
+    from lorakit.overrides import parse_assignment
+    from lorakit.recipe_files import load_recipe
+
+    recipe = load_recipe(preset_or_file, _presets())
+    return recipe.with_overrides(dict(parse_assignment(text) for text in assignments))
+
+
 @main.command("train")
-@click.argument("preset")
+@click.argument("preset", metavar="PRESET_OR_FILE")
 @click.option(
     "--set",
     "assignments",
@@ -134,22 +144,31 @@ def presets_command(as_json: bool) -> None:
     help="A GPU memory budget: checkpointing and micro-batch size are chosen to fit it "
     "(the same as --set training.max_memory_gb=G).",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Check, load the model, prepare the data, attach the adapter, plan memory and build "
+    "the trainer; print what training would do, and stop (nothing is written).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def train_command(
     preset: str,
     assignments: tuple[str, ...],
     run_dir: str | None,
     max_memory_gb: float | None,
+    dry_run: bool,
     no_progress: bool,
 ) -> None:
-    """Fine-tune with PRESET; an unfinished run in --run-dir resumes from its last checkpoint."""
-    from lorakit.overrides import parse_assignment
-
-    recipe = _presets().resolve(preset)
-    overrides: dict[str, Any] = dict(parse_assignment(text) for text in assignments)
+    """Fine-tune with a preset, a recipe file (TOML, YAML, JSON) or a run directory's recipe;
+    an unfinished run in --run-dir resumes from its last checkpoint."""
+    recipe = _recipe(preset, assignments)
     if max_memory_gb is not None:
-        overrides["training.max_memory_gb"] = max_memory_gb
-    recipe = recipe.with_overrides(overrides)
+        recipe = recipe.with_overrides({"training.max_memory_gb": max_memory_gb})
+    if dry_run:
+        from lorakit.runner import dry_run as run_dry
+
+        _print_dry_run(run_dry(recipe, show_progress=not no_progress))
+        return
     result = recipe.run(run_dir, show_progress=not no_progress)
     report = result.report
     ev = report.eval
@@ -168,8 +187,25 @@ def train_command(
     console.print(f"report: {result.run_dir / 'report.md'}")
 
 
+def _print_dry_run(report: Any) -> None:
+    console = _console()
+    examples = ", ".join(f"{k} {v:,}" for k, v in report.examples.items())
+    console.print(f"[bold]dry run[/] {report.recipe}: nothing was trained or written")
+    console.print(f"data: {report.rows_read:,} rows read, {report.rows_kept:,} kept; {examples}")
+    console.print(
+        f"training: {report.train_tokens:,} tokens in {report.train_rows:,} micro-batches, "
+        f"{report.steps:,} optimizer steps"
+    )
+    console.print(
+        f"adapter: {report.trainable_parameters:,} trainable parameters on "
+        f"{', '.join(report.targets)}"
+    )
+    for note in report.notes:
+        console.print(f"note: {note}")
+
+
 @main.command("check")
-@click.argument("preset")
+@click.argument("preset", metavar="PRESET_OR_FILE")
 @click.option(
     "--set",
     "assignments",
@@ -183,10 +219,7 @@ def check_command(preset: str, assignments: tuple[str, ...]) -> None:
     Reads the first row of the data source and of each benchmark. Exit 2 when there is
     any problem.
     """
-    from lorakit.overrides import parse_assignment
-
-    recipe = _presets().resolve(preset)
-    recipe = recipe.with_overrides(dict(parse_assignment(text) for text in assignments))
+    recipe = _recipe(preset, assignments)
     problems = recipe.check()
     err = _console(err=True)
     for problem in problems:
@@ -195,6 +228,34 @@ def check_command(preset: str, assignments: tuple[str, ...]) -> None:
         err.print(f"{len(problems)} problem{'s' if len(problems) > 1 else ''} in {recipe.name}")
         raise SystemExit(2)
     _console().print(f"[bold green]ok[/] {recipe.name}: no problems found")
+
+
+@main.group("config")
+def config_group() -> None:
+    """Show resolved recipes."""
+
+
+@config_group.command("show")
+@click.argument("preset", metavar="PRESET_OR_FILE")
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Change a setting by dotted path first (repeatable).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["toml", "yaml", "json"]),
+    default="toml",
+    show_default=True,
+)
+def config_show_command(preset: str, assignments: tuple[str, ...], fmt: str) -> None:
+    """Print the fully resolved recipe; save it and train it with `lorakit train FILE`."""
+    from lorakit.recipe_files import recipe_to_text
+
+    click.echo(recipe_to_text(_recipe(preset, assignments), fmt), nl=False)
 
 
 def _eval_table(title: str, results: list[Any], comparisons: dict[str, Any]) -> Any:
@@ -222,7 +283,10 @@ def _eval_table(title: str, results: list[Any], comparisons: dict[str, Any]) -> 
 
 
 @main.command("eval")
-@click.option("--model", "model_name", required=True, help="Base model id, folder, or tiny-phi3.")
+@click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--model", "model_name", help="Base model id, folder, or tiny-phi3 (default: the run's)."
+)
 @click.option(
     "--adapter", type=click.Path(exists=True, file_okay=False), help="LoRA adapter folder."
 )
@@ -230,7 +294,6 @@ def _eval_table(title: str, results: list[Any], comparisons: dict[str, Any]) -> 
     "--bench",
     "benches",
     multiple=True,
-    required=True,
     metavar="NAME:PATH",
     help="medqa:FILE, medmcqa:FILE, pubmedqa:FILE, mmlu_medical:DIR, heldout:URI or a "
     "plugin's benchmark (repeatable).",
@@ -270,12 +333,19 @@ def _eval_table(title: str, results: list[Any], comparisons: dict[str, Any]) -> 
     help="Registered prompt template that renders heldout rows (perplexity and generated "
     "answers): the one the adapter was trained with.",
 )
+@click.option(
+    "--split",
+    type=click.Choice(["test", "eval"]),
+    help="With RUN_DIR: score the run's own held-out split (answer-only loss; generated "
+    "answers with --metric, written to RUN_DIR/eval/SPLIT_answers_SIDE.jsonl).",
+)
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--compare", is_flag=True, help="Score the base model too; report the delta.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per benchmark.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def eval_command(
-    model_name: str,
+    run_dir: str | None,
+    model_name: str | None,
     adapter: str | None,
     benches: tuple[str, ...],
     limit: int | None,
@@ -286,18 +356,54 @@ def eval_command(
     quant: str,
     text_metrics: tuple[str, ...],
     template: str,
+    split: str | None,
     max_new_tokens: int,
     compare: bool,
     as_json: bool,
     no_progress: bool,
 ) -> None:
-    """Score a model (and optionally an adapter) on medical benchmarks, with 95 % intervals."""
+    """Score a model (and optionally an adapter) on medical benchmarks, with 95 % intervals.
+
+    With RUN_DIR, the base model, quantisation, adapter and template come from the run;
+    --split scores the run's own held-out split.
+    """
     from lorakit.evaluate.benchmarks import run_benchmark
     from lorakit.evaluate.session import compare_with_base
     from lorakit.evaluate.spec import BenchSpec
     from lorakit.plugins import Registries, make_plugin_manager
     from lorakit.reporting import progress_for
 
+    options: dict[str, Any] = {}
+    if run_dir is not None:
+        model_name, adapter, quant, options = _from_run(run_dir, model_name, adapter, quant)
+        template = str(options.pop("template", template))
+    if model_name is None:
+        raise ConfigError("give a RUN_DIR or --model", field="--model")
+    if not benches and split is None:
+        raise ConfigError(
+            "nothing to score",
+            field="--bench",
+            hint="give --bench NAME:PATH or, with RUN_DIR, --split test",
+        )
+    if split is not None:
+        if run_dir is None:
+            raise ConfigError("--split needs a RUN_DIR", field="--split")
+        _eval_split(
+            Path(run_dir),
+            model_name,
+            adapter,
+            quant,
+            split,
+            text_metrics,
+            compare,
+            limit,
+            max_new_tokens,
+            batch_size,
+            as_json,
+            no_progress,
+        )
+        if not benches:
+            return
     if compare and adapter is None:
         raise ConfigError("--compare needs --adapter", field="--compare")
     spec = BenchSpec(
@@ -309,6 +415,7 @@ def eval_command(
         text_metrics=text_metrics,
         max_new_tokens=max_new_tokens,
         template=template,
+        **options,
     )
     pm = make_plugin_manager()
     registries = Registries.from_plugin_manager(pm)
@@ -332,6 +439,82 @@ def eval_command(
         _echo_eval_json(model_name, adapter, results, compared)
     else:
         _print_eval(model_name, adapter, results, compared)
+
+
+def _from_run(
+    run_dir: str, model_name: str | None, adapter: str | None, quant: str
+) -> tuple[str, str, str, dict[str, Any]]:
+    """Model, adapter, quantisation and template options of a finished run."""
+    from lorakit.evaluate.run_split import run_recipe_of
+
+    recipe = run_recipe_of(Path(run_dir))
+    adapter_dir = Path(run_dir) / "adapter"
+    if adapter is None and not (adapter_dir / "adapter_config.json").is_file():
+        raise ConfigError(
+            "the run has no adapter: it did not finish",
+            file=str(run_dir),
+            hint="resume it with lorakit train, or give --adapter",
+        )
+    return (
+        model_name or recipe.model.name,
+        adapter or str(adapter_dir),
+        quant if quant != "nf4" else recipe.model.quant.method,
+        {"template": recipe.data.template, "template_options": dict(recipe.data.template_options)},
+    )
+
+
+def _eval_split(
+    run_dir: Path,
+    model_name: str,
+    adapter: str | None,
+    quant: str,
+    split: str,
+    text_metrics: tuple[str, ...],
+    compare: bool,
+    limit: int | None,
+    max_new_tokens: int,
+    batch_size: int,
+    as_json: bool,
+    no_progress: bool,
+) -> None:
+    from lorakit.evaluate.generate import resolve_text_metrics
+    from lorakit.evaluate.run_split import SplitEvalSpec, evaluate_split
+    from lorakit.plugins import Registries, make_plugin_manager
+    from lorakit.reporting import progress_for
+
+    spec = SplitEvalSpec(
+        split=split,
+        metrics=text_metrics,
+        compare=compare,
+        limit=limit,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+    )
+    pm = make_plugin_manager()
+    registries = Registries.from_plugin_manager(pm)
+    if text_metrics:  # a misspelled metric fails before the model loads
+        resolve_text_metrics(text_metrics, registries)
+    model, tokenizer = _eval_model(model_name, adapter, quant, pm)
+    with progress_for(_console(err=True), not no_progress and not as_json) as progress:
+        result = evaluate_split(
+            run_dir, model, tokenizer, spec, registries=registries, progress=progress
+        )
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    out = _console()
+    for note in result["notes"]:
+        out.print(f"[yellow]note:[/] {note}")
+    for side in ("base", "adapter"):
+        if side in result:
+            entry = result[side]
+            out.print(
+                f"{split} split, {side}: answer-only loss {entry['loss']:.4f}, perplexity "
+                f"{entry['perplexity']:.2f} ({entry['tokens']:,} answer tokens)"
+            )
+            if "free_text" in entry:
+                out.print(_free_text_table(f"{split} {side}", entry["free_text"]))
+                out.print(f"answers: {entry['answers_file']}")
 
 
 def _eval_preflight(

@@ -54,6 +54,10 @@ def _benchmarks(value: Any) -> tuple[str, ...]:
     return items
 
 
+def _names(value: Any) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
 @attrs.frozen(kw_only=True)
 class EvalSpec:
     """What a run evaluates after training, besides answer-only loss and perplexity.
@@ -80,7 +84,7 @@ class EvalSpec:
         default=None, validator=number("evaluation", ge=0, optional=True)
     )
     chat_template: bool = True
-    metrics: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = attrs.field(default=(), converter=_names)
     max_new_tokens: int = attrs.field(default=256, validator=number("evaluation", ge=1))
 
 
@@ -97,7 +101,7 @@ def _name(instance: Any, attribute: Any, value: str) -> None:
         )
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Recipe:
     """Everything a fine-tuning run needs, as frozen data (building one does no I/O).
 
@@ -124,6 +128,20 @@ class Recipe:
         An unknown key raises :class:`ConfigError` suggesting the closest one.
         """
         return apply_overrides(self, overrides)
+
+    def __repr__(self) -> str:
+        """Every setting on its own line, by dotted path (what ``--set`` takes)."""
+        from lorakit.overrides import dotted_keys
+
+        lines = [f"Recipe({self.name!r})"]
+        for key in dotted_keys(self):
+            value: Any = self
+            for part in key.split("."):
+                value = getattr(value, part)
+            if isinstance(value, tuple) and value and not isinstance(value[0], str):
+                value = tuple(str(v) for v in value)
+            lines.append(f"  {key} = {value!r}")
+        return "\n".join(lines)
 
     def check(self, registries: Registries | None = None) -> list[LorakitError]:
         """Every problem the plugins find before a model loads, all at once (empty: none).

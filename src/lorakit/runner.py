@@ -43,11 +43,13 @@ if TYPE_CHECKING:
     from lorakit.train import TokenCounter, TrainingSpec
 
 __all__ = [
+    "DryRunReport",
     "ModelSetup",
     "RunContext",
     "RunData",
     "TrainOutcome",
     "build_trainer",
+    "dry_run",
     "eval_before",
     "evaluate",
     "load_model",
@@ -134,6 +136,71 @@ def run_recipe(
             raise
         hook.lorakit_run_end(result=result)
         return result
+
+
+@attrs.frozen(kw_only=True)
+class DryRunReport:
+    """What a run would do, from its real data, model and trainer, stopped before training."""
+
+    recipe: str
+    rows_read: int
+    rows_kept: int
+    examples: Mapping[str, int]
+    train_tokens: int
+    train_rows: int
+    steps: int
+    trainable_parameters: int
+    targets: tuple[str, ...]
+    notes: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON-able data."""
+        data: dict[str, Any] = attrs.asdict(self)
+        data["targets"], data["notes"] = list(self.targets), list(self.notes)
+        return data
+
+
+def dry_run(
+    recipe: Recipe, *, plugin_manager: Any = None, show_progress: bool = True
+) -> DryRunReport:
+    """Run every phase up to training (checks, model, data, adapter, memory plan, trainer)
+    in a temporary run directory, and say what training would do. Nothing is kept."""
+    import tempfile
+
+    from lorakit.recipe import make_run_dir
+    from lorakit.train import total_steps
+
+    with tempfile.TemporaryDirectory(prefix="lorakit-dry-run-") as tmp:
+        folder = Path(tmp) / "run"
+        make_run_dir(folder)
+        with RunLock(folder):
+            ctx = open_run(
+                recipe, folder, plugin_manager=plugin_manager, show_progress=show_progress
+            )
+            preflight(ctx)
+            loaded = load_model(ctx)
+            data = prepare_run_data(ctx, loaded.tokenizer)
+            setup = setup_model(ctx, loaded)
+            train_examples = list(data.prepared.examples["train"])
+            trainer = build_trainer(ctx, setup, train_examples, data.eval_examples)
+            training = setup.training
+            rows = len(trainer.train_dataset)
+            counted = attrs.evolve(training, batch_size=1) if training.packing else training
+            report = data.prepared.report
+            return DryRunReport(
+                recipe=recipe.name,
+                rows_read=report.rows_read,
+                rows_kept=report.rows_kept,
+                examples={k: len(v) for k, v in data.prepared.examples.items()},
+                train_tokens=sum(len(e.input_ids) for e in train_examples),
+                train_rows=rows,
+                steps=total_steps(counted, rows),
+                trainable_parameters=sum(
+                    p.numel() for p in setup.model.parameters() if p.requires_grad
+                ),
+                targets=setup.targets,
+                notes=tuple(ctx.notes),
+            )
 
 
 def _out_of_memory(error: BaseException) -> LorakitError:

@@ -48,8 +48,18 @@ def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: 
         )
 
 
-def _cleaner_chain(value: Iterable[CleanerSpec | str]) -> tuple[CleanerSpec, ...]:
-    return tuple(CleanerSpec.parse(v) if isinstance(v, str) else v for v in value)
+def _cleaner_chain(
+    value: Iterable[CleanerSpec | str | Mapping[str, Any]],
+) -> tuple[CleanerSpec, ...]:
+    """Cleaner specs from specs, ``"name:key=value"`` strings or ``{name, options}`` tables."""
+    return tuple(
+        CleanerSpec.parse(v)
+        if isinstance(v, str)
+        else CleanerSpec(**v)
+        if isinstance(v, Mapping)
+        else v
+        for v in value
+    )
 
 
 @attrs.frozen(kw_only=True)
