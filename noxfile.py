@@ -7,7 +7,7 @@ import os
 import nox
 
 nox.options.default_venv_backend = "venv"
-nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
+nox.options.sessions = ["tests", "lint", "typecheck", "docs", "package"]
 nox.options.reuse_existing_virtualenvs = True
 
 # The CPU wheel of torch that CI machines carry; override for another build.
@@ -58,6 +58,50 @@ def docs(session: nox.Session) -> None:
         f"{session.create_tmp()}/site",
         env={"NO_MKDOCS_2_WARNING": "1"},
     )
+
+
+@nox.session
+def package(session: nox.Session) -> None:
+    """Build the wheel and sdist, install the wheel into a fresh venv in another folder, and
+    train the offline tiny preset there: what `pip install lorakit` gives a user."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    session.install("build>=1.2")
+    dist = Path(session.create_tmp()) / "dist"
+    session.run("python", "-m", "build", "--sdist", "--wheel", "--outdir", str(dist))
+    wheel = next(dist.glob("lorakit-*.whl"))
+    if not list(dist.glob("lorakit-*.tar.gz")):
+        session.error("no sdist was built")
+    user = Path(tempfile.mkdtemp(prefix="lorakit-user-"))
+    session.run("python", "-m", "venv", str(user / "venv"))
+    python = str(user / "venv" / "bin" / "python")
+    session.run(python, "-m", "pip", "install", "--quiet", TORCH, external=True)
+    session.run(python, "-m", "pip", "install", "--quiet", str(wheel), external=True)
+    lorakit = str(user / "venv" / "bin" / "lorakit")
+    with session.chdir(user):
+        session.run(lorakit, "presets", external=True, env=OFFLINE)
+        session.run(
+            lorakit,
+            "train",
+            "medqa_phi3_tiny",
+            "--set",
+            "training.max_steps=4",
+            "--set",
+            "training.eval_steps=2",
+            "--set",
+            "training.save_steps=2",
+            "--run-dir",
+            str(user / "run"),
+            "--no-progress",
+            external=True,
+            env=OFFLINE,
+        )
+    finished = (user / "run" / "report.json").is_file()
+    shutil.rmtree(user, ignore_errors=True)
+    if not finished:
+        session.error("the installed wheel did not finish a run")
 
 
 @nox.session(default=False)
