@@ -367,3 +367,37 @@ def test_a_training_split_smaller_than_one_batch_is_refused_with_packing(tmp_pat
 def test_a_learning_rate_must_be_finite(value):
     with pytest.raises(ConfigError, match=r"training\.learning_rate"):
         medqa_phi3_tiny.with_overrides({"training.learning_rate": value})
+
+
+def test_ctrl_c_stops_at_a_step_with_a_checkpoint_and_the_same_command_resumes(tmp_path):
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    args = [*train_args(run_dir), "--set", "training.max_steps=30"]
+    child = subprocess.Popen(
+        [sys.executable, "-c", "from lorakit.cli import main; main()", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "300"},
+    )
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        assert child.poll() is None and time.monotonic() < deadline, child.communicate()
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    line = next(line for line in err.splitlines() if line.startswith("interrupted at step"))
+    step = int(line.split()[3].rstrip(";"))
+    assert line.endswith(f"resume from checkpoint-{step}")
+    assert (run_dir / "checkpoints" / f"checkpoint-{step}" / "lorakit_checkpoint.json").is_file()
+    assert not (run_dir / "report.json").exists()
+    done = cli(*args)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["resumed_from"] == f"checkpoint-{step}" and report["steps"] == 30
+    assert sum("train_runtime" in r for r in records(run_dir)) == 1  # one summary, not two

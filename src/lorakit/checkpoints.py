@@ -68,8 +68,9 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return max(complete, key=checkpoint_step, default=None)
 
 
-def keep_metrics_until(path: Path, step: int) -> None:
-    """Drop the records of ``metrics.jsonl`` logged after ``step``."""
+def keep_metrics_until(path: Path, step: int, *, summaries: bool = True) -> None:
+    """Drop the records of ``metrics.jsonl`` logged after ``step`` (and, with
+    ``summaries=False``, the end-of-training summary of an interrupted attempt)."""
     if not path.exists():
         return
     lines = []
@@ -78,6 +79,8 @@ def keep_metrics_until(path: Path, step: int) -> None:
             record = json.loads(line)
         except ValueError:  # a line cut short when the process was killed mid-write
             continue
-        if isinstance(record, dict) and record.get("step", 0) <= step:
+        if not isinstance(record, dict) or (not summaries and "train_runtime" in record):
+            continue
+        if record.get("step", 0) <= step:
             lines.append(line)
     write_text_atomic(path, "".join(line + "\n" for line in lines))

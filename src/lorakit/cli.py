@@ -30,8 +30,13 @@ class LorakitGroup(click.Group):
     """Turns a :class:`LorakitError` into one red line and exit code 2, without a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from lorakit.train import RunInterrupted
+
         try:
             return super().invoke(ctx)
+        except RunInterrupted as exc:
+            _console(err=True).print(f"[bold yellow]{exc.format()}[/]", markup=True)
+            ctx.exit(130)
         except LorakitError as exc:
             _console(err=True).print(f"[bold red]error:[/] {exc.format()}", markup=True)
             ctx.exit(2)

@@ -32,6 +32,7 @@ from lorakit._fs import (
     write_text_atomic,
 )
 from lorakit.errors import ConfigError, LorakitError
+from lorakit.train import RunInterrupted, StopRequest
 
 if TYPE_CHECKING:
     from lorakit.data.pipeline import PreparedData
@@ -484,18 +485,21 @@ def train(ctx: RunContext, trainer: Any) -> TrainOutcome:
 
     folder = ctx.run_dir / "checkpoints"
     resume_from = latest_checkpoint(folder) if ctx.resuming else None
+    finished = resume_from is not None and _finished(resume_from)
     if ctx.resuming:
         # Records logged after the checkpoint (all, without one) are logged again now.
         step = checkpoint_step(resume_from) if resume_from is not None else 0
-        keep_metrics_until(ctx.run_dir / "metrics.jsonl", step)
+        keep_metrics_until(ctx.run_dir / "metrics.jsonl", step, summaries=finished)
         _remove_incomplete_checkpoints(ctx, folder, after=step)
     if resume_from is not None:
         marker = read_json_object(resume_from / CHECKPOINT_MARKER, "the checkpoint record")
         trainer.lorakit_counter.tokens = int(marker.get("tokens", 0))
-        if _finished(resume_from):
+        if finished:
             _restore_finished(trainer, resume_from)
             return _outcome(trainer, resume_from)
-    with ctx.phase("train"):
+    stop = StopRequest()
+    trainer.add_callback(stop.callback())
+    with ctx.phase("train"), _stop_on_ctrl_c(ctx, stop):
         try:
             trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         except (OSError, RuntimeError, ValueError, KeyError) as error:
@@ -507,7 +511,36 @@ def train(ctx: RunContext, trainer: Any) -> TrainOutcome:
                 hint="a file in it was changed or damaged: remove that checkpoint folder to "
                 "resume from the one before, or start a new --run-dir",
             ) from None
+    if stop.requested:
+        latest = latest_checkpoint(folder)
+        raise RunInterrupted(trainer.state.global_step, latest.name if latest else None)
     return _outcome(trainer, resume_from)
+
+
+@contextlib.contextmanager
+def _stop_on_ctrl_c(ctx: RunContext, stop: StopRequest) -> Iterator[None]:
+    """The first Ctrl-C stops training at the next step with a checkpoint; the second now."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum: int, frame: Any) -> None:
+        if stop.requested:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        stop.request()
+        ctx.console.print(
+            "[yellow]stopping after this step with a checkpoint (Ctrl-C again to stop now)[/]"
+        )
+
+    previous = signal.signal(signal.SIGINT, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _outcome(trainer: Any, resume_from: Path | None) -> TrainOutcome:

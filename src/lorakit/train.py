@@ -20,6 +20,8 @@ from lorakit.errors import ConfigError, LorakitError
 
 __all__ = [
     "QACollator",
+    "RunInterrupted",
+    "StopRequest",
     "TokenCounter",
     "TrainerFactory",
     "TrainingDiverged",
@@ -39,6 +41,49 @@ SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
 
 class TrainingDiverged(LorakitError):
     """The training loss became NaN or infinite."""
+
+
+class RunInterrupted(LorakitError):
+    """The user stopped the run (Ctrl-C); it saved a checkpoint and resumes from it.
+
+    Attributes:
+        step: the optimizer step training stopped after.
+        checkpoint: the checkpoint the same command resumes from (``None``: none yet).
+    """
+
+    def __init__(self, step: int, checkpoint: str | None) -> None:
+        self.step, self.checkpoint = step, checkpoint
+        where = f"from {checkpoint}" if checkpoint else "from the start (no checkpoint yet)"
+        super().__init__(
+            f"interrupted at step {step}; run the same command again to resume {where}"
+        )
+
+
+class StopRequest:
+    """A request to stop training at the next step boundary, with a checkpoint there.
+
+    :meth:`callback` is the ``TrainerCallback`` that honours it; :meth:`request` is safe to
+    call from a signal handler.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def request(self) -> None:
+        self.requested = True
+
+    def callback(self) -> Any:
+        from transformers import TrainerCallback
+
+        stop = self
+
+        class StopAtStep(TrainerCallback):
+            def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+                if stop.requested:
+                    control.should_save = True
+                    control.should_training_stop = True
+
+        return StopAtStep()
 
 
 @attrs.frozen(kw_only=True)
