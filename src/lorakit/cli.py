@@ -44,10 +44,20 @@ class LorakitGroup(click.Group):
 
 @click.group(cls=LorakitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lorakit")
-def main() -> None:
+@click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    help="Also show the warnings and log records of the libraries underneath (always kept "
+    "in RUN_DIR/lorakit.log during a run).",
+)
+def main(verbose: bool) -> None:
     """LoRA / QLoRA fine-tuning of small LLMs on question-answer data."""
+    from lorakit._output import quiet_libraries
+
     for var in ("HF_HUB_DISABLE_PROGRESS_BARS",):
         os.environ.setdefault(var, "1")
+    quiet_libraries(verbose)
 
 
 @main.command("plugins")

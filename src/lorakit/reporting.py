@@ -42,20 +42,37 @@ def _ignore(_: int) -> None:
 
 
 class RichProgress:
-    """Rich progress bars on stderr, one per step; use as a context manager."""
+    """Rich progress bars on stderr, one per step; use as a context manager.
+
+    On a narrow terminal the descriptions are shortened and the time-left column dropped,
+    so nothing is clipped at 80 columns. Without a terminal (a log file, CI) each step
+    prints one plain line when it is done instead of a live bar.
+    """
 
     def __init__(self, console: Console | None = None, *, enabled: bool = True) -> None:
+        from rich.table import Column
+
         self.console = console or Console(stderr=True)
-        self._progress = Progress(
+        self.plain = enabled and not self.console.is_terminal
+        narrow = self.console.width < 100
+        self._width = max(16, self.console.width // 3) if narrow else 48
+        columns: list[Any] = [
             SpinnerColumn(),
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
+            TextColumn(
+                "[bold]{task.description}",
+                table_column=Column(no_wrap=True, overflow="ellipsis", max_width=self._width),
+            ),
+            BarColumn(bar_width=None if not narrow else 12),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            TimeRemainingColumn(),
+        ]
+        if not narrow:
+            columns.append(TimeRemainingColumn())
+        self._progress = Progress(
+            *columns,
             console=self.console,
             transient=False,
-            disable=not enabled,
+            disable=not enabled or self.plain,
         )
 
     def __enter__(self) -> RichProgress:
@@ -66,12 +83,39 @@ class RichProgress:
         self._progress.__exit__(None, None, None)
 
     def task(self, description: str, total: int | None = None) -> Advance:
-        task_id = self._progress.add_task(description, total=total)
+        if self.plain:
+            return _plain_task(self.console, description, total)
+        task_id = self._progress.add_task(_shorten(description, self._width), total=total)
 
         def advance(n: int) -> None:
             self._progress.advance(task_id, n)
 
         return advance
+
+
+def _shorten(text: str, width: int) -> str:
+    """Keep the start and the end of a long description (a path's file name matters)."""
+    if len(text) <= width:
+        return text
+    keep = width - 1
+    return text[: keep // 2] + "…" + text[len(text) - (keep - keep // 2) :]
+
+
+def _plain_task(console: Console, description: str, total: int | None) -> Advance:
+    """One line when the step is done (no live bar without a terminal)."""
+    import time
+
+    started = time.perf_counter()
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        if total is not None and done >= total and done - n < total:
+            seconds = time.perf_counter() - started
+            console.print(f"{description}: {done:,}/{total:,} in {seconds:.1f} s", highlight=False)
+
+    return advance
 
 
 @contextlib.contextmanager

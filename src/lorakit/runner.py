@@ -31,6 +31,7 @@ from lorakit._fs import (
     write_json_atomic,
     write_text_atomic,
 )
+from lorakit._output import run_log
 from lorakit.errors import ConfigError, LorakitError
 from lorakit.train import RunInterrupted, StopRequest
 
@@ -121,22 +122,29 @@ def run_recipe(
     make_run_dir(folder)
     with RunLock(folder):
         ctx = open_run(recipe, folder, plugin_manager=plugin_manager, show_progress=show_progress)
-        hook = ctx.plugin_manager.hook
-        hook.lorakit_run_start(recipe=recipe, run_dir=folder)
-        try:
-            result = _run_phases(ctx)
-        except OSError as error:  # a full disk or a folder made read-only during the run
-            hook.lorakit_run_failed(recipe=recipe, run_dir=folder, error=error)
-            if error.errno not in WRITE_FAILURES:
-                raise
-            raise fs_error(error, "write the run directory") from None
-        except BaseException as error:
-            hook.lorakit_run_failed(recipe=recipe, run_dir=folder, error=error)
-            if type(error).__name__ == "OutOfMemoryError":
-                raise _out_of_memory(error) from None
+        with run_log(folder):
+            return _run_logged(ctx)
+
+
+def _run_logged(ctx: RunContext) -> RunResult:
+    """The phases between the run hooks, with failures mapped to one-line errors."""
+    recipe, folder = ctx.recipe, ctx.run_dir
+    hook = ctx.plugin_manager.hook
+    hook.lorakit_run_start(recipe=recipe, run_dir=folder)
+    try:
+        result = _run_phases(ctx)
+    except OSError as error:  # a full disk or a folder made read-only during the run
+        hook.lorakit_run_failed(recipe=recipe, run_dir=folder, error=error)
+        if error.errno not in WRITE_FAILURES:
             raise
-        hook.lorakit_run_end(result=result)
-        return result
+        raise fs_error(error, "write the run directory") from None
+    except BaseException as error:
+        hook.lorakit_run_failed(recipe=recipe, run_dir=folder, error=error)
+        if type(error).__name__ == "OutOfMemoryError":
+            raise _out_of_memory(error) from None
+        raise
+    hook.lorakit_run_end(result=result)
+    return result
 
 
 @attrs.frozen(kw_only=True)

@@ -660,7 +660,12 @@ def metrics_callback(
 
 
 def progress_callback(console: Any | None = None) -> Any:
-    """Rich progress bar over optimizer steps with a live loss / eval-loss line."""
+    """Rich progress bar over optimizer steps with a live loss / eval-loss line.
+
+    Without a terminal (a log file, CI), one plain line per logged record instead:
+    ``step 10/60 · loss 8.1736 · lr 8.64e-03``. On a narrow terminal the time-left column is
+    dropped and the loss line shortened, so nothing is clipped at 80 columns.
+    """
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -672,24 +677,40 @@ def progress_callback(console: Any | None = None) -> Any:
     )
     from transformers import TrainerCallback
 
+    out = console or Console(stderr=True)
+
+    def describe(logs: dict[str, Any], short: bool) -> str:
+        parts = []
+        if "loss" in logs:
+            parts.append(f"loss {logs['loss']:.4f}")
+        if "eval_loss" in logs:
+            parts.append(
+                f"eval {logs['eval_loss']:.4f}" if short else f"eval loss {logs['eval_loss']:.4f}"
+            )
+        if "learning_rate" in logs and not short:
+            parts.append(f"lr {logs['learning_rate']:.2e}")
+        return " · ".join(parts)
+
     class RichTraining(TrainerCallback):
         def __init__(self) -> None:
             self.progress: Progress | None = None
             self.task: Any = None
             self.line = ""
+            self.narrow = out.width < 100
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            if not state.is_world_process_zero:
+            if not state.is_world_process_zero or not out.is_terminal:
                 return
-            self.progress = Progress(
+            columns: list[Any] = [
                 TextColumn("[bold]training"),
-                BarColumn(),
+                BarColumn(bar_width=12 if self.narrow else None),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[line]}"),
-                console=console or Console(stderr=True),
-            )
+            ]
+            if not self.narrow:
+                columns.append(TimeRemainingColumn())
+            columns.append(TextColumn("{task.fields[line]}"))
+            self.progress = Progress(*columns, console=out)
             self.progress.start()
             self.task = self.progress.add_task(
                 "train", total=state.max_steps, completed=state.global_step, line=""
@@ -702,17 +723,18 @@ def progress_callback(console: Any | None = None) -> Any:
         def on_log(
             self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
         ) -> None:
-            if self.progress is None or not logs:
+            if not logs or not state.is_world_process_zero:
                 return
-            parts = []
-            if "loss" in logs:
-                parts.append(f"loss {logs['loss']:.4f}")
-            if "eval_loss" in logs:
-                parts.append(f"eval loss {logs['eval_loss']:.4f}")
-            if "learning_rate" in logs:
-                parts.append(f"lr {logs['learning_rate']:.2e}")
-            if parts:
-                self.line = " · ".join(parts)
+            if self.progress is None:  # no terminal: one plain line per record
+                line = describe(logs, short=False)
+                if line:
+                    out.print(
+                        f"step {state.global_step}/{state.max_steps} · {line}", highlight=False
+                    )
+                return
+            line = describe(logs, short=self.narrow)
+            if line:
+                self.line = line
                 self.progress.update(self.task, line=self.line)
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
