@@ -17,17 +17,17 @@ from lorakit.hookspecs import hookimpl
 if TYPE_CHECKING:
     from lorakit.adapter import AdapterSpec
     from lorakit.data.cleaners import CleanerSpec, CleaningReport
-    from lorakit.data.pipeline import DataReport, DataSpec, PreparedData, prepare_data
+    from lorakit.data.pipeline import DataReport, DataSpec, PreparedData, QADataset, prepare_data
     from lorakit.data.rows import QARow
     from lorakit.data.sources import read_source
     from lorakit.data.splits import SplitSpec
     from lorakit.data.tokenize import TokenizeSpec
     from lorakit.evaluate.benchmarks import run_benchmark
-    from lorakit.model import ModelSpec, QuantSpec
+    from lorakit.model import ModelSpec, QuantizedModelBuilder, QuantSpec
     from lorakit.plugins import Registries, make_plugin_manager
     from lorakit.recipe import EvalSpec, Recipe, RunResult
     from lorakit.run_report import RunReport
-    from lorakit.train import TrainingSpec
+    from lorakit.train import TrainerFactory, TrainingSpec
 
 __all__ = [
     "AdapterSpec",
@@ -42,14 +42,17 @@ __all__ = [
     "ModelSpec",
     "PluginError",
     "PreparedData",
+    "QADataset",
     "QARow",
     "QuantSpec",
+    "QuantizedModelBuilder",
     "Recipe",
     "Registries",
     "RunReport",
     "RunResult",
     "SplitSpec",
     "TokenizeSpec",
+    "TrainerFactory",
     "TrainingSpec",
     "__version__",
     "hookimpl",
@@ -65,6 +68,7 @@ _LAZY = {
     "DataReport": "lorakit.data.pipeline",
     "DataSpec": "lorakit.data.pipeline",
     "PreparedData": "lorakit.data.pipeline",
+    "QADataset": "lorakit.data.pipeline",
     "prepare_data": "lorakit.data.pipeline",
     "QARow": "lorakit.data.rows",
     "read_source": "lorakit.data.sources",
@@ -75,11 +79,13 @@ _LAZY = {
     "run_benchmark": "lorakit.evaluate.benchmarks",
     "ModelSpec": "lorakit.model",
     "QuantSpec": "lorakit.model",
+    "QuantizedModelBuilder": "lorakit.model",
     "EvalSpec": "lorakit.recipe",
     "Recipe": "lorakit.recipe",
     "RunResult": "lorakit.recipe",
     "RunReport": "lorakit.run_report",
     "TrainingSpec": "lorakit.train",
+    "TrainerFactory": "lorakit.train",
     "TrainingArgs": "lorakit.train",  # deprecated alias of TrainingSpec
     "make_plugin_manager": "lorakit.plugins",
 }

@@ -1,7 +1,7 @@
-"""The data pipeline as one visible function per step.
+"""The data pipeline as one visible step per method of :class:`QADataset`.
 
-``source rows -> cleaners -> grouped split -> template -> tokens``. Each step is
-callable on its own; :func:`prepare_data` runs them all for training and
+``source rows -> cleaners -> grouped split -> template -> tokens``. Each step returns a new
+immutable dataset with its report; :func:`prepare_data` runs them all for training and
 :func:`inspect_data` runs them without splitting, for a preflight check.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -38,7 +38,15 @@ from lorakit.reporting import NullProgress, ProgressReporter
 if TYPE_CHECKING:
     from lorakit.protocols import Template
 
-__all__ = ["DataReport", "DataSpec", "PreparedData", "inspect_data", "prepare_data", "read_rows"]
+__all__ = [
+    "DataReport",
+    "DataSpec",
+    "PreparedData",
+    "QADataset",
+    "inspect_data",
+    "prepare_data",
+    "read_rows",
+]
 
 
 def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
@@ -147,47 +155,190 @@ def read_rows(
     progress: ProgressReporter | None = None,
 ) -> list[QARow]:
     """Read the source's rows (the first ``spec.limit`` when set)."""
-    advance = (progress or NullProgress()).task(f"Reading {spec.source}", spec.limit)
-    rows = read_source(spec.source, fields=spec.fields, registries=registries)
-    if spec.limit is not None:
-        rows = itertools.islice(rows, spec.limit)
-    out = []
-    for row in rows:
-        out.append(row)
-        advance(1)
-    if not out:
-        raise DataError(
-            "the source has no rows", file=spec.source, hint="check the path and the field mapping"
+    return list(
+        QADataset.from_source(
+            spec.source,
+            fields=spec.fields,
+            limit=spec.limit,
+            registries=registries,
+            progress=progress,
+        ).rows
+    )
+
+
+@attrs.frozen(kw_only=True)
+class QADataset:
+    """The data pipeline as a chain of immutable steps, each returning a new dataset that
+    carries what the step did::
+
+        data = (
+            QADataset.from_source("medquad:../shared/data/medquad")
+            .clean()                       # the default chain, counted in .cleaning
+            .split(group_by="group+focus") # grouped, seeded: no group crosses splits
+            .tokenize(tokenizer, max_len=1024)
         )
-    return out
+        data.examples["train"], data.report.to_dict()
+
+    :func:`prepare_data` is this chain driven by a :class:`DataSpec`;
+    :func:`inspect_data` the same without the split.
+
+    Attributes:
+        source: the source URI the rows came from.
+        rows: the rows as they stand after the steps so far.
+        rows_read: rows read from the source.
+        cleaning: what the cleaners did (``None`` before :meth:`clean`).
+        splits: train / eval / test rows (``None`` before :meth:`split`).
+        examples: tokenised examples per split (``"all"`` when not split).
+        tokenization: the tokenisation report per split.
+    """
+
+    source: str
+    rows: tuple[QARow, ...]
+    rows_read: int
+    cleaning: CleaningReport | None = None
+    splits: Splits | None = None
+    examples: Mapping[str, list[Example]] | None = None
+    tokenization: Mapping[str, TokenizeReport] | None = None
+    registries: Registries = attrs.field(repr=False, eq=False)
+    progress: ProgressReporter = attrs.field(factory=NullProgress, repr=False, eq=False)
+
+    @classmethod
+    def from_source(
+        cls,
+        uri: str,
+        *,
+        fields: Mapping[str, str] | None = None,
+        limit: int | None = None,
+        registries: Registries | None = None,
+        progress: ProgressReporter | None = None,
+    ) -> QADataset:
+        """Read the rows of a source URI (``medquad:DIR``, ``jsonl:FILE`` ...)."""
+        registries = registries or Registries.from_plugin_manager()
+        progress = progress or NullProgress()
+        advance = progress.task(f"Reading {uri}", limit)
+        rows = read_source(uri, fields=fields or {}, registries=registries)
+        if limit is not None:
+            rows = itertools.islice(rows, limit)
+        out = []
+        for row in rows:
+            out.append(row)
+            advance(1)
+        if not out:
+            raise DataError(
+                "the source has no rows", file=uri, hint="check the path and the field mapping"
+            )
+        return cls(
+            source=uri,
+            rows=tuple(out),
+            rows_read=len(out),
+            registries=registries,
+            progress=progress,
+        )
+
+    def clean(self, cleaners: Iterable[CleanerSpec | str] = DEFAULT_CLEANERS) -> QADataset:
+        """Run the cleaning chain; every changed or dropped row is counted in ``.cleaning``."""
+        chain = _cleaner_chain(cleaners)
+        check_cleaners(chain, self.registries.cleaners)
+        kept, report = clean_rows(
+            list(self.rows),
+            chain,
+            self.registries.cleaners,
+            progress=self.progress.task("Cleaning", len(self.rows)),
+        )
+        if not kept:
+            raise DataError(
+                f"every one of the {len(self.rows):,} rows was dropped by the cleaners",
+                file=self.source,
+                hint="see the cleaning report (lorakit data inspect) and the field mapping",
+            )
+        return attrs.evolve(self, rows=tuple(kept), cleaning=report)
+
+    def split(self, spec: SplitSpec | None = None, **settings: Any) -> QADataset:
+        """Split by group into train / eval / test (``SplitSpec`` fields as keywords)."""
+        spec = attrs.evolve(spec or SplitSpec(), **settings) if settings else spec
+        return attrs.evolve(self, splits=split_rows(self.rows, spec))
+
+    def tokenize(
+        self,
+        tokenizer: Any,
+        *,
+        template: str | Template = "qa",
+        template_options: Mapping[str, Any] | None = None,
+        max_len: int = 1024,
+        batch_size: int = 256,
+    ) -> QADataset:
+        """Render with the tokenizer's chat template and tokenise, with answer-only labels;
+        per split when split, else all rows as ``"all"``. Sets the tokenizer's pad token."""
+        spec = TokenizeSpec(max_len=max_len, batch_size=batch_size)
+        if isinstance(template, str):
+            template = _template(template, template_options or {}, self.registries)
+        ensure_pad_token(tokenizer)
+        parts: list[tuple[str, Sequence[QARow]]] = (
+            [("all", self.rows)]
+            if self.splits is None
+            else [
+                ("train", self.splits.train),
+                ("eval", self.splits.eval),
+                ("test", self.splits.test),
+            ]
+        )
+        examples: dict[str, list[Example]] = {}
+        reports: dict[str, TokenizeReport] = {}
+        for name, part in parts:
+            if not part:
+                examples[name], reports[name] = [], TokenizeReport.empty(spec)
+                continue
+            label = "Tokenising" if name == "all" else f"Tokenising {name}"
+            examples[name], reports[name] = tokenize_rows(
+                part, tokenizer, template, spec, progress=self.progress.task(label, len(part))
+            )
+        return attrs.evolve(self, examples=examples, tokenization=reports)
+
+    @property
+    def report(self) -> DataReport:
+        """What the steps so far read, dropped, changed, split and truncated."""
+        return DataReport(
+            source=self.source,
+            rows_read=self.rows_read,
+            cleaning=self.cleaning or CleaningReport(steps=(), rows_in=len(self.rows)),
+            kinds=dict(Counter(row.kind for row in self.rows)),
+            tokenization=dict(self.tokenization or {}),
+            split=None if self.splits is None else self.splits.to_dict(),
+        )
+
+    def prepared(self) -> PreparedData:
+        """The split, tokenised data a training run uses."""
+        if self.splits is None or self.examples is None:
+            raise ConfigError(
+                "the dataset is not split and tokenised yet",
+                hint="call .split() and .tokenize(tokenizer) first",
+            )
+        return PreparedData(splits=self.splits, examples=self.examples, report=self.report)
 
 
-def _template(spec: DataSpec, registries: Registries) -> Template:
-    factory = registries.templates.resolve(spec.template)
+def _template(name: str, options: Mapping[str, Any], registries: Registries) -> Template:
+    factory = registries.templates.resolve(name)
     try:
-        template: Template = factory(**spec.template_options)
+        template: Template = factory(**options)
     except TypeError as exc:
         raise ConfigError(
-            f"bad options for template {spec.template!r}: {exc}", field="template_options"
+            f"bad options for template {name!r}: {exc}", field="template_options"
         ) from exc
     return template
 
 
-def _clean(
-    spec: DataSpec, registries: Registries, progress: ProgressReporter
-) -> tuple[int, list[QARow], CleaningReport]:
-    check_cleaners(spec.cleaners, registries.cleaners)
-    rows = read_rows(spec, registries=registries, progress=progress)
-    kept, report = clean_rows(
-        rows, spec.cleaners, registries.cleaners, progress=progress.task("Cleaning", len(rows))
-    )
-    if not kept:
-        raise DataError(
-            f"every one of the {len(rows):,} rows was dropped by the cleaners",
-            file=spec.source,
-            hint="see the cleaning report (lorakit data inspect) and the field mapping",
-        )
-    return len(rows), kept, report
+def _cleaned(
+    spec: DataSpec, registries: Registries | None, progress: ProgressReporter | None
+) -> QADataset:
+    registries = registries or Registries.from_plugin_manager()
+    check_cleaners(spec.cleaners, registries.cleaners)  # a typo fails before reading
+    return QADataset.from_source(
+        spec.source,
+        fields=spec.fields,
+        limit=spec.limit,
+        registries=registries,
+        progress=progress,
+    ).clean(spec.cleaners)
 
 
 def inspect_data(
@@ -198,25 +349,16 @@ def inspect_data(
     progress: ProgressReporter | None = None,
 ) -> tuple[DataReport, list[Example]]:
     """Read, clean and tokenise every row without splitting: the preflight check."""
-    registries = registries or Registries.from_plugin_manager()
-    progress = progress or NullProgress()
     ensure_pad_token(tokenizer)
-    rows_read, rows, cleaning = _clean(spec, registries, progress)
-    examples, tok_report = tokenize_rows(
-        rows,
+    data = _cleaned(spec, registries, progress).tokenize(
         tokenizer,
-        _template(spec, registries),
-        spec.tokenize,
-        progress=progress.task("Tokenising", len(rows)),
+        template=spec.template,
+        template_options=spec.template_options,
+        max_len=spec.tokenize.max_len,
+        batch_size=spec.tokenize.batch_size,
     )
-    report = DataReport(
-        source=spec.source,
-        rows_read=rows_read,
-        cleaning=cleaning,
-        kinds=dict(Counter(row.kind for row in rows)),
-        tokenization={"all": tok_report},
-    )
-    return report, examples
+    assert data.examples is not None
+    return data.report, data.examples["all"]
 
 
 def prepare_data(
@@ -227,31 +369,16 @@ def prepare_data(
     progress: ProgressReporter | None = None,
 ) -> PreparedData:
     """Read, clean, split by group and tokenise: the examples a training run uses."""
-    registries = registries or Registries.from_plugin_manager()
-    progress = progress or NullProgress()
     ensure_pad_token(tokenizer)
-    rows_read, rows, cleaning = _clean(spec, registries, progress)
-    splits = split_rows(rows, spec.split)
-    template = _template(spec, registries)
-    examples: dict[str, list[Example]] = {}
-    reports: dict[str, TokenizeReport] = {}
-    for name, part in (("train", splits.train), ("eval", splits.eval), ("test", splits.test)):
-        if not part:
-            examples[name], reports[name] = [], TokenizeReport.empty(spec.tokenize)
-            continue
-        examples[name], reports[name] = tokenize_rows(
-            part,
+    return (
+        _cleaned(spec, registries, progress)
+        .split(spec.split)
+        .tokenize(
             tokenizer,
-            template,
-            spec.tokenize,
-            progress=progress.task(f"Tokenising {name}", len(part)),
+            template=spec.template,
+            template_options=spec.template_options,
+            max_len=spec.tokenize.max_len,
+            batch_size=spec.tokenize.batch_size,
         )
-    report = DataReport(
-        source=spec.source,
-        rows_read=rows_read,
-        cleaning=cleaning,
-        kinds=dict(Counter(row.kind for row in rows)),
-        tokenization=reports,
-        split=splits.to_dict(),
+        .prepared()
     )
-    return PreparedData(splits=splits, examples=examples, report=report)
