@@ -656,7 +656,8 @@ def _load_tokenizer(name: str) -> Any:
     "--cleaner",
     "cleaners",
     multiple=True,
-    help="Cleaning step NAME[:opt=value,...]; repeat for a chain (replaces the default chain).",
+    help="Cleaning step NAME[:opt=value,...], repeatable: +NAME adds to the default chain, "
+    "-NAME removes from it, plain names replace it (the output says which).",
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Read only the first N rows.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
@@ -676,7 +677,7 @@ def inspect_command(
     """
     import attrs
 
-    from lorakit.data.cleaners import CleanerSpec
+    from lorakit.data.chains import edit_chain
     from lorakit.data.pipeline import DataSpec, inspect_data
     from lorakit.data.rows import parse_fields
     from lorakit.data.tokenize import TokenizeSpec
@@ -689,12 +690,13 @@ def inspect_command(
         tokenize=attrs.evolve(TokenizeSpec(), max_len=max_len),
         limit=limit,
     )
-    if cleaners:
-        chain = [CleanerSpec.parse(text) for text in cleaners]
-        spec = attrs.evolve(spec, cleaners=chain)
+    chain, chain_note = edit_chain(spec.cleaners, cleaners)
+    spec = attrs.evolve(spec, cleaners=chain)
     tok = _load_tokenizer(tokenizer)
     with progress_for(_console(err=True), enabled=not as_json and sys.stderr.isatty()) as progress:
         report, examples = inspect_data(spec, tok, progress=progress)
+    if cleaners and not as_json:
+        _console(err=True).print(f"note: {chain_note}")
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -705,7 +707,7 @@ def inspect_command(
         _console(err=True).print(
             f"[bold red]error:[/] {report.zero_supervised:,} example(s) have no supervised token: "
             f"the prompt alone fills max_len {max_len} ({where}); raise --max-len or drop long "
-            "prompts with --cleaner length_filter:max_question_chars=N",
+            "prompts with --cleaner +length_filter:max_prompt_chars=N",
         )
         sys.exit(1)
 

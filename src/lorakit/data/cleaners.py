@@ -626,12 +626,16 @@ def length_filter(
     max_question_chars: int | None = None,
     min_answer_chars: int | None = None,
     max_answer_chars: int | None = None,
+    max_prompt_chars: int | None = None,
 ) -> Cleaner:
     """Drop rows whose question or answer is shorter or longer than a bound, in characters.
 
-    ``None`` is no bound. The drop reason names the bound (``"answer longer
+    ``max_prompt_chars`` bounds everything the prompt carries: the question, the context
+    (a PubMedQA abstract) and the options together, which is what fills ``max_len`` before
+    the answer. ``None`` is no bound. The drop reason names the bound (``"answer longer
     than 4000 chars"``).
     """
+    prompt_bound = require_optional_int("length_filter", "max_prompt_chars", max_prompt_chars)
     bounds = {
         "min_question_chars": require_optional_int(
             "length_filter", "min_question_chars", min_question_chars
@@ -666,6 +670,11 @@ def length_filter(
             size = len(getattr(row, field))
             if (sign < 0 and size < bound) or (sign > 0 and size > bound):
                 return Drop(reason, detail=f"{reason} ({size} chars)")
+        if prompt_bound is not None:
+            size = len(row.question) + len(row.context) + sum(len(o) for o in row.options)
+            if size > prompt_bound:
+                reason = f"prompt longer than {prompt_bound} chars"
+                return Drop(reason, detail=f"{reason} ({size} chars: question, context, options)")
         return row
 
     return clean
