@@ -622,10 +622,12 @@ def data_group() -> None:
 
 
 def _load_tokenizer(name: str) -> Any:
-    if name == TINY_TOKENIZER:
-        from lorakit.testing import tiny_phi3_path
+    from lorakit.model import TINY_MODELS
 
-        name = str(tiny_phi3_path())
+    if name in TINY_MODELS:
+        from lorakit.testing import tiny_model_path
+
+        name = str(tiny_model_path(name))
     from transformers import AutoTokenizer
 
     try:

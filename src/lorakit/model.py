@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import pluggy
 
 __all__ = [
+    "TINY_MODELS",
     "TINY_PHI3",
     "LoadedModel",
     "ModelSpec",
@@ -30,6 +31,8 @@ __all__ = [
 ]
 
 TINY_PHI3 = "tiny-phi3"
+TINY_MODELS = (TINY_PHI3, "tiny-qwen2", "tiny-llama3")
+"""lorakit's built-in tiny checkpoints, built locally (see :mod:`lorakit.testing`)."""
 """Model name of lorakit's built-in tiny Phi-3 (random weights, built locally on first use)."""
 
 QuantMethod = Literal["nf4", "fp4", "none"]
@@ -145,11 +148,12 @@ def _local_rank() -> int:
 
 
 def resolve_model_path(name: str) -> str:
-    """The folder or id to load: ``tiny-phi3`` becomes the built-in tiny Phi-3's cache folder."""
-    if name == TINY_PHI3:
-        from lorakit.testing import tiny_phi3_path
+    """The folder or id to load: ``tiny-phi3`` (``tiny-qwen2``, ``tiny-llama3``) becomes the
+    built-in tiny checkpoint's cache folder."""
+    if name in TINY_MODELS:
+        from lorakit.testing import tiny_model_path
 
-        return str(tiny_phi3_path())
+        return str(tiny_model_path(name))
     return name
 
 

@@ -44,10 +44,15 @@ if TYPE_CHECKING:
     import pluggy
 
 __all__ = [
+    "LLAMA3_CHAT_TEMPLATE",
     "PHI3_CHAT_TEMPLATE",
     "PHI3_SPECIAL_TOKENS",
+    "QWEN2_CHAT_TEMPLATE",
+    "TINY_FAMILIES",
+    "build_tiny_family",
     "build_tiny_phi3",
     "isolated_plugin_manager",
+    "tiny_model_path",
     "tiny_phi3_path",
 ]
 
@@ -393,6 +398,193 @@ def build_tiny_phi3(directory: str | Path, *, seed: int = 0) -> Path:
     return path
 
 
+QWEN2_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. "
+    "You are a helpful assistant.<|im_end|>\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if not (message['role'] == 'system' and loop.first) %}"
+    "{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+)
+"""Qwen2.5-Instruct's ChatML template without its tool-calling branches (its default system
+message kept)."""
+
+LLAMA3_CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    " + message['content'] | trim + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    "{%- endif %}"
+)
+"""Llama-3.2-Instruct's header format without its date and tool-calling preamble."""
+
+TINY_FAMILIES: dict[str, dict[str, Any]] = {
+    "qwen2": {
+        # As in Qwen2.5: <|endoftext|> (pad and a stop token), ChatML, and unused pads.
+        "specials": (
+            "<|endoftext|>",
+            "<|im_start|>",
+            "<|im_end|>",
+            "<|vision_pad|>",
+            "<|fim_pad|>",
+        ),
+        "bos": None,
+        "eos": "<|im_end|>",
+        "pad": "<|endoftext|>",
+        "stops": ("<|im_end|>", "<|endoftext|>"),
+        "template": QWEN2_CHAT_TEMPLATE,
+    },
+    "llama3": {
+        "specials": (
+            "<|begin_of_text|>",
+            "<|end_of_text|>",
+            "<|start_header_id|>",
+            "<|end_header_id|>",
+            "<|eot_id|>",
+            "<|finetune_right_pad_id|>",  # Llama 3.2's documented pad for fine-tuning
+            "<|reserved_special_token_0|>",
+        ),
+        "bos": "<|begin_of_text|>",
+        "eos": "<|eot_id|>",
+        "pad": None,  # Llama 3 ships no pad token; lorakit picks one that is not a stop token
+        "stops": ("<|eot_id|>", "<|end_of_text|>"),
+        "template": LLAMA3_CHAT_TEMPLATE,
+    },
+}
+"""The tiny checkpoints of other families: special tokens, bos/eos/pad and chat template as
+their instruct releases ship them (Qwen2.5-1.5B-Instruct, Llama-3.2-1B-Instruct)."""
+
+
+def _byte_level_tokenizer(family: str) -> Any:
+    """A byte-level BPE tokenizer (GPT-2 style, as Qwen2 and Llama 3 use) trained on the
+    embedded corpus, with the family's special tokens and chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    spec = TINY_FAMILIES[family]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=_VOCAB_SIZE,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=list(spec["specials"]),
+        show_progress=False,
+    )
+    lines = [line.strip() for line in _CORPUS.splitlines() if line.strip()]
+    backend.train_from_iterator(lines, trainer=trainer)
+    if spec["bos"] is not None:  # Llama 3 adds <|begin_of_text|> to every encoded text
+        bos = spec["bos"]
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A",
+            pair=f"{bos} $A {bos} $B",
+            special_tokens=[(bos, backend.token_to_id(bos))],
+        )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=spec["bos"],
+        eos_token=spec["eos"],
+        pad_token=spec["pad"],
+        clean_up_tokenization_spaces=False,
+        model_max_length=4096,
+    )
+    tokenizer.chat_template = spec["template"]
+    return tokenizer
+
+
+def build_tiny_family(family: str, directory: str | Path, *, seed: int = 0) -> Path:
+    """Build a tiny checkpoint of another family (``qwen2`` or ``llama3``) in ``directory``:
+    its tokenizer, a two-layer model of its architecture (hidden 64, grouped-query attention,
+    tied embeddings as the small instruct releases have) and its generation config."""
+    import torch
+    from transformers import (
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
+
+    if family not in TINY_FAMILIES:
+        raise ValueError(f"no tiny {family!r}; families: {', '.join(TINY_FAMILIES)}")
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = _byte_level_tokenizer(family)
+    tokenizer.save_pretrained(path)
+    spec = TINY_FAMILIES[family]
+    stops = [int(tokenizer.convert_tokens_to_ids(t)) for t in spec["stops"]]
+    bos = None if spec["bos"] is None else int(tokenizer.convert_tokens_to_ids(spec["bos"]))
+    common: dict[str, Any] = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        "tie_word_embeddings": True,
+        "initializer_range": 0.2,
+        "bos_token_id": bos,
+        "eos_token_id": stops[0],
+    }
+    config: Any = Qwen2Config(**common) if family == "qwen2" else LlamaConfig(**common)
+    cls: Any = Qwen2ForCausalLM if family == "qwen2" else LlamaForCausalLM
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = cls(config)
+    model.generation_config = GenerationConfig(bos_token_id=bos, eos_token_id=stops)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(path)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    return path
+
+
+def tiny_model_path(name: str) -> Path:
+    """A built-in tiny checkpoint by name (``tiny-phi3``, ``tiny-qwen2``, ``tiny-llama3``),
+    built once and cached like :func:`tiny_phi3_path`."""
+    if name == "tiny-phi3":
+        return tiny_phi3_path()
+    family = name.removeprefix("tiny-")
+    if family not in TINY_FAMILIES:
+        raise ValueError(f"no built-in {name!r}")
+    return _cached(f"{name}-{__version__}-{_fingerprint()}", lambda p: build_tiny_family(family, p))
+
+
+def _cached(folder: str, build: Any) -> Path:
+    final = cache_dir() / folder
+    if (final / "config.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        build(tmp)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            # Another process renamed its complete build into place first: use that one.
+            if not (final / "config.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 def _fingerprint() -> str:
     """A short hash of this module's source, so a changed builder never reuses an old cache."""
     return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
@@ -418,23 +610,7 @@ def tiny_phi3_path() -> Path:
     Returns:
         The cached checkpoint folder.
     """
-    final = cache_dir() / f"tiny-phi3-{__version__}-{_fingerprint()}"
-    if (final / "config.json").is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        build_tiny_phi3(tmp)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            # Another process renamed its complete build into place first: use that one.
-            if not (final / "config.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return _cached(f"tiny-phi3-{__version__}-{_fingerprint()}", build_tiny_phi3)
 
 
 def isolated_plugin_manager(*plugins: object) -> pluggy.PluginManager:

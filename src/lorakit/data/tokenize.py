@@ -61,7 +61,14 @@ KNOWN_STOP_TOKENS = (
     "<end_of_turn>",
 )
 # Unused special tokens that can serve as padding, by name.
-_PAD_NAMES = ("<pad>", "<|pad|>", "[PAD]", "<|finetune_right_pad_id|>")
+_PAD_NAMES = (
+    "<pad>",
+    "<|pad|>",
+    "[PAD]",
+    "<|finetune_right_pad_id|>",
+    "<|fim_pad|>",
+    "<|vision_pad|>",
+)
 _UNUSED_SPECIAL = re.compile(r"<\|?(placeholder|reserved|dummy)[\w-]*\|?>")
 _PROBE_QUESTION = "lorakit probe question"
 _PROBE_ANSWER = "lorakit probe answer"

@@ -21,7 +21,17 @@ from lorakit.protocols import Register
 from lorakit.recipe import Recipe
 from lorakit.train import TrainingSpec
 
-__all__ = ["DEMO_DATA", "MEDQUAD_HUB", "medqa_phi3", "medqa_phi3_speed", "medqa_phi3_tiny"]
+__all__ = [
+    "DEMO_DATA",
+    "MEDQUAD_HUB",
+    "medqa_llama3",
+    "medqa_llama3_tiny",
+    "medqa_phi3",
+    "medqa_phi3_speed",
+    "medqa_phi3_tiny",
+    "medqa_qwen2",
+    "medqa_qwen2_tiny",
+]
 
 PHI3_MINI = "microsoft/Phi-3-mini-4k-instruct"
 MEDQUAD_HUB = "hf:keivalya/MedQuad-MedicalQnADataset"
@@ -105,8 +115,35 @@ medqa_phi3_tiny = medqa_phi3.with_overrides(
 """The same pipeline, offline in minutes on a CPU: the tiny built-in Phi-3 and the demo set."""
 
 
+medqa_qwen2 = medqa_phi3.with_overrides(
+    {"name": "medqa_qwen2", "model.name": "Qwen/Qwen2.5-1.5B-Instruct"}
+)
+"""The reference recipe on Qwen2.5-1.5B-Instruct: the same data, adapter (attention and MLP:
+q/k/v/o and gate/up/down projections) and training; ChatML prompts from its own template."""
+
+medqa_llama3 = medqa_phi3.with_overrides(
+    {"name": "medqa_llama3", "model.name": "meta-llama/Llama-3.2-1B-Instruct"}
+)
+"""The reference recipe on Llama-3.2-1B-Instruct (a gated model: accept its licence on the hub
+first); Llama 3 ships no pad token, so lorakit picks one that is not a stop token."""
+
+medqa_qwen2_tiny = medqa_phi3_tiny.with_overrides(
+    {"name": "medqa_qwen2_tiny", "model.name": "tiny-qwen2"}
+)
+"""``medqa_phi3_tiny`` on a tiny local Qwen2 (byte-level BPE, ChatML): offline on a CPU."""
+
+medqa_llama3_tiny = medqa_phi3_tiny.with_overrides(
+    {"name": "medqa_llama3_tiny", "model.name": "tiny-llama3"}
+)
+"""``medqa_phi3_tiny`` on a tiny local Llama 3 (byte-level BPE, header chat format)."""
+
+
 @hookimpl
 def lorakit_register_presets(register: Register) -> None:
     register("medqa_phi3", medqa_phi3)
     register("medqa_phi3_tiny", medqa_phi3_tiny)
     register("medqa_phi3_speed", medqa_phi3_speed)
+    register("medqa_qwen2", medqa_qwen2)
+    register("medqa_qwen2_tiny", medqa_qwen2_tiny)
+    register("medqa_llama3", medqa_llama3)
+    register("medqa_llama3_tiny", medqa_llama3_tiny)
