@@ -103,6 +103,61 @@ def test_hook_lorakit_register_presets():
         registries.presets.resolve("my_prest")
 
 
+def test_hook_lorakit_register_retrievers(tmp_path):
+    import numpy as np
+
+    from lorakit.retrieval import build_index, load_index
+    from lorakit.retrieval.embedders import HashingEmbedder
+
+    calls = []
+
+    class ReversedStore:
+        """A store that remembers the vectors itself and ranks by negated cosine."""
+
+        def write(self, folder, vectors, passage_ids, options):
+            calls.append(("write", len(passage_ids), dict(options)))
+            np.save(folder / "mine.npy", -np.asarray(vectors))
+            return {"file": "mine.npy"}
+
+        def open(self, folder, settings):
+            vectors = np.load(folder / settings["file"])
+            calls.append(("open", settings["file"]))
+
+            class Opened:
+                def search(self, vector, k):
+                    scores = vectors @ vector
+                    return [(int(i), float(scores[i])) for i in np.argsort(-scores)[:k]]
+
+            return Opened()
+
+    class Plugin:
+        @hookimpl
+        def lorakit_register_retrievers(self, register):
+            register("reversed", ReversedStore())
+
+    registries = _registries(Plugin())
+    assert registries.retrievers.entry("embedded").plugin == "lorakit.retrieval.stores"
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text(
+        '{"id": "a", "text": "Gout affects the big toe."}\n'
+        '{"id": "b", "text": "Asthma narrows the airways."}\n'
+    )
+    out = tmp_path / "index"
+    build_index(
+        [f"jsonl:{corpus}"],
+        out,
+        embedder=HashingEmbedder(),
+        store="reversed",
+        store_options={"colour": "red"},
+        registries=registries,
+    )
+    index = load_index(out, registries=registries)
+    assert index.card.store == "reversed" and index.card.store_settings == {"file": "mine.npy"}
+    hits = index.search("gout big toe", k=2, mode="dense")
+    assert hits[0].passage.doc_id == "b"  # the plugin's store decided the dense order
+    assert calls == [("write", 2, {"colour": "red"}), ("open", "mine.npy")]
+
+
 def test_hook_lorakit_register_benchmarks(tmp_path, tiny_phi3):
     import json
 
@@ -144,6 +199,33 @@ def test_hook_lorakit_register_benchmarks(tmp_path, tiny_phi3):
 
     with pytest.raises(PluginError, match="benchmark 'medqa' is registered twice"):
         _registries(Duplicate())
+
+
+def test_hook_lorakit_register_guards():
+    from lorakit.protocols import Verdict
+    from lorakit.safety import load_policy
+
+    class NoShouting:
+        name = "no_shouting"
+        stage = "input"
+
+        def check(self, text, *, question=None):
+            if text.isupper():
+                return Verdict(guard=self.name, decision="flag", reason="shouting", message="Calm.")
+            return Verdict(guard=self.name, decision="allow")
+
+    class Plugin:
+        @hookimpl
+        def lorakit_register_guards(self, register):
+            register("no_shouting", NoShouting)
+
+    registries = _registries(Plugin())
+    guards = load_policy("rules+no_shouting", registries=registries)
+    assert guards.decide(guards.check_input("WHAT IS A FEVER")).message == "Calm."
+    assert guards.decide(guards.check_input("What is a fever?")).decision == "allow"
+    assert registries.guards.entry("emergency").plugin == "lorakit.safety.plugin"
+    with pytest.raises(Exception, match="did you mean 'no_shouting'"):
+        load_policy("no_shoutin", registries=registries)
 
 
 def test_every_hook_has_its_own_test():

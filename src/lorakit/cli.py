@@ -746,5 +746,13 @@ def _print_inspection(report: Any, examples: list[Any], tokenizer: Any) -> None:
         console.rule()
 
 
+__import__("lorakit.serve.cli").serve.cli.add_commands(main)  # ask, generate, chat, serve, merge
+main.add_command(__import__("lorakit.safety.cli").safety.cli.safety_group)  # lorakit safety
+
+
+for _command in __import__("lorakit.retrieval.cli", fromlist=["COMMANDS"]).COMMANDS:
+    main.add_command(_command)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -88,6 +88,32 @@ def lorakit_register_presets(register: Register) -> None:
     """
 
 
+@hookspec
+def lorakit_register_retrievers(register: Register) -> None:
+    """Register index stores (where an index's dense vectors live and are searched) by name.
+
+    Call ``register(name, factory)`` where ``factory`` is a
+    :class:`~lorakit.retrieval.stores.StoreFactory`: ``write(folder, vectors, passage_ids,
+    options)`` stores the vectors of a new index and returns the settings its card keeps;
+    ``open(folder, settings)`` returns a :class:`~lorakit.retrieval.stores.VectorStore` that
+    finds the rows nearest to a query vector. ``lorakit index build --store NAME`` and
+    :func:`~lorakit.retrieval.load_index` then use it. Return nothing; a duplicate name is a
+    :class:`~lorakit.errors.PluginError`.
+    """
+
+
+@hookspec
+def lorakit_register_guards(register: Register) -> None:
+    """Register safety guards by name.
+
+    Call ``register(name, factory)`` where ``factory(**options)`` returns a
+    :class:`~lorakit.protocols.Guard` (``name``, ``stage`` ``"input"`` or ``"output"``,
+    ``check(text, *, question=None) -> Verdict``). A policy (``--policy``,
+    :func:`~lorakit.safety.load_policy`) names the guards it runs, with their options.
+    Return nothing; a duplicate name is a :class:`~lorakit.errors.PluginError`.
+    """
+
+
 @hookspec(firstresult=True)
 def lorakit_load_model(spec: ModelSpec) -> LoadedModel | None:
     """Load the base model and tokenizer for ``spec``, or return ``None`` to pass.

@@ -47,6 +47,8 @@ DEFAULT_PLUGINS = (
     "lorakit.evaluate.plugin",
     "lorakit.evaluate.text_plugin",
     "lorakit.evaluate.benchmarks",
+    "lorakit.retrieval.stores",
+    "lorakit.safety.plugin",
 )
 
 
@@ -169,6 +171,8 @@ class Registries:
     metrics: Registry[Any]
     presets: Registry[Any]
     benchmarks: Registry[Any]
+    retrievers: Registry[Any] = attrs.field(factory=lambda: Registry("retriever"))
+    guards: Registry[Any] = attrs.field(factory=lambda: Registry("guard"))
 
     @classmethod
     def from_plugin_manager(cls, pm: pluggy.PluginManager | None = None) -> Registries:
@@ -181,6 +185,8 @@ class Registries:
             metrics=_collect(pm, "lorakit_register_metrics", "metric"),
             presets=_collect(pm, "lorakit_register_presets", "preset"),
             benchmarks=_collect(pm, "lorakit_register_benchmarks", "benchmark"),
+            retrievers=_collect(pm, "lorakit_register_retrievers", "retriever"),
+            guards=_collect(pm, "lorakit_register_guards", "guard"),
         )
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import itertools
-import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,6 +30,7 @@ import attrs
 
 from lorakit._registry import Registry
 from lorakit._validators import require_fraction, require_int, require_optional_int
+from lorakit.data.cleaning_report import CleanerStats, CleaningReport, jsonable
 from lorakit.data.minhash import LSHIndex, MinHasher, normalize_text
 from lorakit.data.rows import QARow
 from lorakit.errors import ConfigError, PluginError, did_you_mean
@@ -165,7 +165,7 @@ class CleanerSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """``{"name": ..., "options": {...}}``, JSON-able."""
-        return {"name": self.name, "options": {k: _jsonable(v) for k, v in self.options.items()}}
+        return {"name": self.name, "options": {k: jsonable(v) for k, v in self.options.items()}}
 
 
 DEFAULT_CLEANERS: tuple[CleanerSpec, ...] = (
@@ -175,114 +175,6 @@ DEFAULT_CLEANERS: tuple[CleanerSpec, ...] = (
     CleanerSpec("near_dedup"),
 )
 """The default chain: normalise whitespace, drop empty rows, drop exact then near duplicates."""
-
-
-def _jsonable(value: object) -> Any:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)
-    return value
-
-
-# --------------------------------------------------------------------------- report
-
-
-@attrs.frozen
-class CleanerStats:
-    """What one cleaner did in one pass.
-
-    Attributes:
-        name: the cleaner's registered name.
-        rows_in: rows the cleaner saw.
-        rows_out: rows it passed on.
-        changed: rows it passed on changed (a copy not equal to its input).
-        dropped: reason -> number of rows dropped for it.
-        examples: up to ``MAX_EXAMPLES`` ``(origin, reason)`` pairs of dropped
-            rows, in input order; the reason may carry a detail (which row a
-            duplicate repeats).
-        options: the options the cleaner was created with.
-    """
-
-    name: str
-    rows_in: int
-    rows_out: int
-    changed: int = 0
-    dropped: Mapping[str, int] = attrs.field(factory=dict, hash=False)
-    examples: tuple[tuple[str, str], ...] = ()
-    options: Mapping[str, object] = attrs.field(factory=dict, hash=False)
-
-    @property
-    def total_dropped(self) -> int:
-        """Rows dropped for any reason."""
-        return sum(self.dropped.values())
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict of every field."""
-        return {
-            "name": self.name,
-            "options": {k: _jsonable(v) for k, v in self.options.items()},
-            "rows_in": self.rows_in,
-            "rows_out": self.rows_out,
-            "changed": self.changed,
-            "dropped": dict(self.dropped),
-            "examples": [list(e) for e in self.examples],
-        }
-
-
-def _default_rows_in(report: CleaningReport) -> int:
-    return report.steps[0].rows_in if report.steps else 0
-
-
-@attrs.frozen
-class CleaningReport:
-    """What the cleaning chain did, step by step.
-
-    Attributes:
-        steps: one ``CleanerStats`` per cleaner, in chain order.
-        rows_in: rows that entered the chain (the first step's ``rows_in``; given
-            explicitly only for an empty chain).
-    """
-
-    steps: tuple[CleanerStats, ...] = ()
-    rows_in: int = attrs.field(default=attrs.Factory(_default_rows_in, takes_self=True))
-
-    @property
-    def rows_out(self) -> int:
-        """Rows that left the chain."""
-        return self.steps[-1].rows_out if self.steps else self.rows_in
-
-    @property
-    def dropped(self) -> dict[str, int]:
-        """Rows dropped by reason, over every step (reasons shared by two steps are summed)."""
-        total: Counter[str] = Counter()
-        for step in self.steps:
-            total.update(step.dropped)
-        return dict(total)
-
-    @property
-    def total_dropped(self) -> int:
-        """Rows dropped by any step."""
-        return sum(step.total_dropped for step in self.steps)
-
-    def step(self, name: str) -> CleanerStats:
-        """The stats of the first step named ``name``."""
-        for stats in self.steps:
-            if stats.name == name:
-                return stats
-        raise KeyError(name)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict: totals and every step."""
-        return {
-            "rows_in": self.rows_in,
-            "rows_out": self.rows_out,
-            "dropped": self.dropped,
-            "steps": [step.to_dict() for step in self.steps],
-        }
-
-
-# --------------------------------------------------------------------------- the chain
 
 
 def _factory_options(factory: Callable[..., object]) -> tuple[list[str], bool] | None:
@@ -454,7 +346,10 @@ def clean_rows(
             kept.append(current)
         if progress is not None:
             progress(1)
-    steps = tuple(counter.freeze() for counter in counters)
+    steps = tuple(
+        attrs.evolve(counter.freeze(), counts=_counts_of(cleaner))
+        for counter, (_, cleaner) in zip(counters, chain, strict=True)
+    )
     for before, after in itertools.pairwise(steps):
         if before.rows_out != after.rows_in:
             raise AssertionError(
@@ -464,6 +359,13 @@ def clean_rows(
     if report.rows_out != len(kept) or rows_in != len(kept) + report.total_dropped:
         raise AssertionError(f"{rows_in} rows in, {len(kept)} kept, {report.total_dropped} dropped")
     return kept, report
+
+
+def _counts_of(cleaner: Any) -> dict[str, int]:
+    counts = getattr(cleaner, "counts", None)
+    if not isinstance(counts, Mapping):
+        return {}
+    return {str(k): int(v) for k, v in counts.items()}
 
 
 # --------------------------------------------------------------------------- cleaners

@@ -25,7 +25,7 @@ from lorakit.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from lorakit.data.rows import QARow
-    from lorakit.protocols import Message, Register
+    from lorakit.protocols import Message, Register, Template
 
 __all__ = ["QATemplate", "format_options", "lorakit_register_templates", "qa_template"]
 
@@ -123,7 +123,15 @@ def qa_template(**options: object) -> QATemplate:
     return QATemplate(**values)
 
 
+def _grounded_qa(**options: object) -> Template:
+    """``"grounded_qa"``: :func:`lorakit.retrieval.template.grounded_qa_template` (imported on use)."""
+    from lorakit.retrieval.template import grounded_qa_template
+
+    return grounded_qa_template(**options)
+
+
 @hookimpl
 def lorakit_register_templates(register: Register) -> None:
-    """Register the built-in ``"qa"`` template."""
+    """Register the built-in ``"qa"`` and ``"grounded_qa"`` templates."""
     register("qa", qa_template)
+    register("grounded_qa", _grounded_qa)

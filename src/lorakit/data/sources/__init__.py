@@ -25,6 +25,7 @@ from lorakit.data.sources.medical import (
     read_pubmedqa,
 )
 from lorakit.data.sources.medquad import read_medquad
+from lorakit.data.sources.medsafetybench import read_medsafetybench
 from lorakit.errors import ConfigError, did_you_mean
 from lorakit.hookspecs import hookimpl
 
@@ -100,3 +101,4 @@ def lorakit_register_sources(register: Register) -> None:
     register("medmcqa", read_medmcqa)
     register("medqa", read_medqa)
     register("mmlu", read_mmlu)
+    register("medsafetybench", read_medsafetybench)
