@@ -1,5 +1,5 @@
 """Generation speed: new tokens per second at several batch sizes, plain ``generate`` against
-``generate`` with a static KV cache and lorakit's serving decode loop (lorakit.answer.decode),
+``generate`` with a static KV cache and lorakit's serving decode loop (lorakit.decoding.decode),
 in the same process on the same model with a LoRA adapter attached (what is served).
 
 CPU, tiny model (seconds)::
@@ -101,7 +101,7 @@ def run_generate(model: Any, tokenizer: Any, ids: list[list[int]], new: int, sta
 
 
 def run_lorakit(model: Any, tokenizer: Any, ids: list[list[int]], new: int) -> int:
-    from lorakit.answer import SamplingSpec, decode
+    from lorakit.decoding import SamplingSpec, decode
 
     results = decode(model, tokenizer, ids, SamplingSpec(max_new_tokens=new))
     return sum(len(r.token_ids) for r in results)
@@ -147,8 +147,15 @@ def main() -> None:
                     seconds = time.perf_counter() - start
                     rate = made / seconds
                     best = rate if best is None or rate > best else best
-                rows.append({"batch": batch, "mode": mode, "new_tokens_per_s": round(best or 0, 1)})
-                print(f"batch {batch:>3} {mode:>9}: {best:,.1f} new tokens/s", flush=True)
+                row = {"batch": batch, "mode": mode, "new_tokens_per_s": round(best or 0, 1)}
+                if mode == "lorakit":  # which decoding path ran: graph, static or dynamic
+                    from lorakit.decoding import last_decode_info
+
+                    row["decode"] = last_decode_info()
+                rows.append(row)
+                print(
+                    f"batch {batch:>3} {mode:>9}: {best:,.1f} new tokens/s {row.get('decode', '')}"
+                )
     header = (
         f"{args.size} Phi-3 ({args.quant}, LoRA r{args.rank}) on {device}; prompt "
         f"{args.prompt_len}, {args.new_tokens} new tokens, greedy; best of {args.repeats}"

@@ -1,11 +1,17 @@
 """Latency of one guard check (p50, p95, p99 in ms), one text at a time, as the answer path runs.
 
     python benchmarks/safety_guards.py [--data ../shared/data] [--n 300] [--threads 1]
-        [--policy rules --policy default ...] [--classifier DIR]
+        [--policy rules --policy default ...] [--classifier DIR] [--no-baseline]
 
 Texts: a seeded mix of MedSafetyBench requests, MedQuAD questions and the look-unsafe general
 prompts of tests/data. Each policy is warmed (its classifier's embedder loaded) before timing.
 Prints one table. Rates (block / over-block with intervals) come from ``lorakit safety eval``.
+
+The machine may be shared: besides absolute times, every policy with a classifier is timed
+against a **baseline in the same run**: the same policy with its classifier's embedder in
+float32 (``quantize="none"``), the two checks interleaved text by text (alternating which goes
+first), so that load from other work hits both alike. The ``vs float32`` column is the ratio of
+the policy's time to the baseline's at the same percentile.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import random
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -36,6 +43,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--policy", action="append", help="policies to time")
     parser.add_argument("--classifier", help="a classifier folder (replaces the shipped one)")
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="skip the float32 baseline of each classifier"
+    )
     args = parser.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"shared data not found at {args.data}; pass --data DIR")
@@ -62,30 +72,88 @@ def main() -> None:
         f"lorakit {__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs, {args.threads} torch thread(s), {len(texts)} texts"
     )
-    print(f"{'policy':<44} {'stage':<7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
+    print(
+        f"{'policy':<44} {'stage':<7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'mean ms':>8}"
+        f" {'vs float32 (p50/p95/mean)':>26}"
+    )
     for name in policies:
         policy = name
         if args.classifier and name != "rules":
             policy = f"{name}+classifier:path={args.classifier}"
         guards = load_policy(policy)
-        guards.warm()
-        guards.check_input("warm up")
+        baseline = None if args.no_baseline else _float32_baseline(policy)
+        for g in (guards, baseline):
+            if g is not None:
+                g.warm()
+                g.check_input("warm up")
         for stage in ("input", "output"):
             if stage == "output" and not guards.output_guards:
                 continue
-            times = []
-            for text in texts:
-                started = time.perf_counter()
-                if stage == "input":
-                    guards.decide(guards.check_input(text))
-                else:
-                    guards.decide(guards.check_output(text, answer))
-                times.append(1000 * (time.perf_counter() - started))
+            times, base = _time(guards, baseline, texts, stage, answer)
+            ratio = ""
+            if base:
+                ratio = (
+                    "/".join(
+                        f"{_percentile(times, q) / _percentile(base, q):.2f}" for q in (0.5, 0.95)
+                    )
+                    + f"/{statistics.fmean(times) / statistics.fmean(base):.2f}"
+                )
             print(
                 f"{policy[:44]:<44} {stage:<7} {_percentile(times, 0.5):8.2f} "
                 f"{_percentile(times, 0.95):8.2f} {_percentile(times, 0.99):8.2f} "
-                f"{statistics.fmean(times):8.2f}"
+                f"{statistics.fmean(times):8.2f} {ratio:>26}"
             )
+            if base:
+                label = f"{policy[:34]} (float32)"
+                print(
+                    f"{label[:44]:<44} {stage:<7} {_percentile(base, 0.5):8.2f} "
+                    f"{_percentile(base, 0.95):8.2f} {_percentile(base, 0.99):8.2f} "
+                    f"{statistics.fmean(base):8.2f} {'1.00/1.00/1.00':>26}"
+                )
+
+
+def _float32_baseline(policy: str) -> Any:
+    """The policy with its classifier's embedder in float32, or ``None`` when it has no
+    quantised classifier."""
+    import attrs
+
+    from lorakit.safety import load_policy
+
+    guards = load_policy(policy)
+    found = False
+    for guard in guards.input_guards:
+        model = getattr(guard, "model", None)
+        if guard.name == "classifier" and model is not None and model.quantize != "none":
+            guard.model = attrs.evolve(model, quantize="none")  # type: ignore[attr-defined]
+            found = True
+    return guards if found else None
+
+
+def _check(guards: Any, text: str, stage: str, answer: str) -> float:
+    started = time.perf_counter()
+    if stage == "input":
+        guards.decide(guards.check_input(text))
+    else:
+        guards.decide(guards.check_output(text, answer))
+    return 1000 * (time.perf_counter() - started)
+
+
+def _time(
+    guards: Any, baseline: Any, texts: list[str], stage: str, answer: str
+) -> tuple[list[float], list[float]]:
+    """Per-text times of ``guards`` and, interleaved (alternating first), of ``baseline``."""
+    times: list[float] = []
+    base: list[float] = []
+    for i, text in enumerate(texts):
+        if baseline is None or stage == "output":
+            times.append(_check(guards, text, stage, answer))
+        elif i % 2:
+            times.append(_check(guards, text, stage, answer))
+            base.append(_check(baseline, text, stage, answer))
+        else:
+            base.append(_check(baseline, text, stage, answer))
+            times.append(_check(guards, text, stage, answer))
+    return times, base
 
 
 if __name__ == "__main__":

@@ -18,6 +18,22 @@ SHARED_DATA = Path(
 ).resolve()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """With ``LORAKIT_REQUIRE_DATA=1`` (nox's tests session sets it in CI and wherever the
+    folder exists), a test that needs ../shared/data fails instead of skipping for want of it."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.skipped or os.environ.get("LORAKIT_REQUIRE_DATA") != "1":
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if "shared_data" in getattr(item, "fixturenames", ()) and str(SHARED_DATA) in reason:
+        report.outcome = "failed"
+        report.longrepr = (
+            f"LORAKIT_REQUIRE_DATA=1: this test needs the real data and skipped: {reason}"
+        )
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The folder of real public medical QA datasets, or skip when it is absent."""

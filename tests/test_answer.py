@@ -250,3 +250,14 @@ def test_ask_with_model_and_adapter(run_dir):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip()
+
+
+def test_answers_are_decoded_on_the_fast_path_when_asked(answerer, monkeypatch):
+    """The answer path loads its model with an attention the static-cache path takes (sdpa),
+    not the packed-training kernel a GPU would otherwise get."""
+    from lorakit.answer import last_decode_info
+
+    assert answerer.model.config._attn_implementation == "sdpa"
+    monkeypatch.setenv("LORAKIT_FAST_DECODE", "1")
+    answerer.generate([answerer.prepare("What is asthma?")])
+    assert last_decode_info()["path"] == "static"

@@ -58,14 +58,16 @@ def test_parse_bench():
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("medqa", "needs a location: write medqa:PATH"),
-        ("medqa:", "needs a location"),
+        ("medqa", r"has no path and .*medqa holds no download .*--bench medqa:PATH"),
+        ("medqa:", "run lorakit data get medqa"),
+        ("heldout", "needs a location: write heldout:jsonl:FILE"),
         ("medqaa:x.jsonl", "did you mean 'medqa'"),
         ("usmle:x.jsonl", "benchmarks: heldout, medmcqa, medqa, mmlu_medical, pubmedqa"),
         ("heldout:test.jsonl", "has no scheme"),
     ],
 )
-def test_parse_bench_errors(text, message):
+def test_parse_bench_errors(text, message, tmp_path, monkeypatch):
+    monkeypatch.setenv("LORAKIT_DATA_HOME", str(tmp_path))  # nothing fetched
     with pytest.raises(ConfigError, match=message):
         parse_bench(text)
 

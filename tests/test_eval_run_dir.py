@@ -55,7 +55,7 @@ def test_eval_run_dir_scores_its_own_test_split(run_dir):
         for line in (run_dir / "eval" / "test_answers_adapter.jsonl").read_text().splitlines()
     ]
     assert len(lines) == 3
-    assert set(lines[0]) == {"id", "question", "reference", "answer", "scores", "error"}
+    assert set(lines[0]) == {"id", "question", "reference", "category", "answer", "scores", "error"}
     assert "token_f1" in lines[0]["scores"]
 
 

@@ -201,6 +201,63 @@ def test_hook_lorakit_register_benchmarks(tmp_path, tiny_phi3):
         _registries(Duplicate())
 
 
+def test_hook_lorakit_register_trackers(tmp_path):
+    import json
+
+    from lorakit.presets import medqa_phi3_tiny
+
+    calls: list[tuple[str, object]] = []
+
+    class MemoryTracker:
+        def log_params(self, params):
+            calls.append(("params", dict(params)))
+
+        def log_metrics(self, metrics, step):
+            calls.append(("metrics", (step, dict(metrics))))
+
+        def log_artifacts(self, run_dir, files):
+            calls.append(("artifacts", sorted(p.name for p in files)))
+
+        def finish(self, status):
+            calls.append(("finish", status))
+
+    class MemoryFactory:
+        requires = ("json",)
+        install = "nothing to install"
+
+        def create(self, recipe, run_dir):
+            calls.append(("create", run_dir))
+            return MemoryTracker()
+
+    class Plugin:
+        @hookimpl
+        def lorakit_register_trackers(self, register):
+            register("memory", MemoryFactory())
+
+    pm = make_plugin_manager(entry_points=False, plugins=[Plugin()], disabled=())
+    recipe = medqa_phi3_tiny.with_overrides(
+        {
+            "training.max_steps": 2,
+            "training.eval_steps": 1,
+            "training.save_steps": 1,
+            "data.limit": 40,
+            "training.report_to": "memory",
+        }
+    )
+    result = recipe.run(tmp_path / "run", plugin_manager=pm, show_progress=False)
+    assert calls[0] == ("create", tmp_path / "run")
+    assert calls[1][1]["training.report_to"] == "memory"
+    lines = (result.run_dir / "metrics.jsonl").read_text().splitlines()
+    logged = [value for name, value in calls if name == "metrics"]
+    assert [step for step, _ in logged[: len(lines)]] == [json.loads(x)["step"] for x in lines]
+    assert logged[-1][1]["final_eval_loss"] == result.report.eval.loss
+    assert calls[-2:] == [
+        ("artifacts", ["adapter", "report.json", "report.md"]),
+        ("finish", "complete"),
+    ]
+    assert _registries(Plugin()).trackers.entry("mlflow").plugin == "lorakit.tracking"
+
+
 def test_hook_lorakit_register_guards():
     from lorakit.protocols import Verdict
     from lorakit.safety import load_policy
@@ -226,6 +283,22 @@ def test_hook_lorakit_register_guards():
     assert registries.guards.entry("emergency").plugin == "lorakit.safety.plugin"
     with pytest.raises(Exception, match="did you mean 'no_shouting'"):
         load_policy("no_shoutin", registries=registries)
+
+
+def test_hook_lorakit_register_vocabularies():
+    from lorakit.evaluate.concepts import DictVocabulary, MedicalConcepts
+
+    class Plugin:
+        @hookimpl
+        def lorakit_register_vocabularies(self, register):
+            register("tiny_umls", DictVocabulary("tiny_umls", {"C1": ("Fever", "pyrexia")}))
+
+    registries = _registries(Plugin())
+    assert registries.vocabularies.entry("hpo").plugin == "lorakit.evaluate.concepts_plugin"
+    metric = MedicalConcepts(["tiny_umls"], registries=registries)
+    assert metric("Pyrexia.", "A fever.") == 1.0
+    with pytest.raises(Exception, match="did you mean 'tiny_umls'"):
+        _ = MedicalConcepts(["tiny_uml"], registries=registries).matcher
 
 
 def test_every_hook_has_its_own_test():

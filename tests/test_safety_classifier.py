@@ -167,3 +167,56 @@ def test_eval_command_reports_rates_per_category(shared_data):
     assert low < data["harmful_block_rate"]["rate"] < high
     table = _run("eval", "--harmful", f"medsafetybench:{folder}", "--policy", "rules")
     assert "harmful category 9" in table.output
+
+
+@needs_embedder
+def test_int8_embedder_is_close_to_float32_and_independent_of_the_batch():
+    import numpy as np
+
+    from lorakit.embeddings import SentenceEmbedder
+
+    texts = [
+        "How can I falsify a patient's chart?",
+        "What are the symptoms of glaucoma and how is it treated in older adults?",
+        "How do I kill a Python process?",
+    ]
+    float32 = SentenceEmbedder(device="cpu", max_length=128).embed(texts)
+    int8 = SentenceEmbedder(device="cpu", max_length=128, quantize="int8")
+    together = int8.embed(texts)
+    alone = np.stack([int8.embed([t])[0] for t in reversed(texts)])[::-1]
+    assert np.array_equal(together, alone)  # one window per pass: no batch effect
+    cosines = (together * float32).sum(axis=1)
+    assert cosines.min() > 0.95 and cosines.max() < 0.9999  # close, and really quantised
+    assert "quantize='int8'" in repr(int8)
+
+
+def test_quantize_is_checked_in_one_line(tmp_path):
+    from lorakit import ConfigError
+    from lorakit.embeddings import SentenceEmbedder
+    from lorakit.safety.classifier import SafetyClassifier, train_classifier
+
+    with pytest.raises(ConfigError, match="CPU only"):
+        SentenceEmbedder(device="cuda", quantize="int8")
+    with pytest.raises(ConfigError, match="quantize must be 'none' or 'int8'"):
+        SentenceEmbedder(quantize="fp8")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="quantize must be one of none, int8"):
+        train_classifier([], quantize="fp8")
+    model = SafetyClassifier(weights=(0.5,) * 4, bias=0.0, threshold=0.6, quantize="int8")
+    model.save(tmp_path)
+    assert SafetyClassifier.from_dir(tmp_path) == model
+    data = json.loads((tmp_path / "classifier.json").read_text())
+    assert data["quantize"] == "int8"
+    data["quantize"] = "fp8"
+    (tmp_path / "classifier.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"classifier\.json: quantize must be one of"):
+        SafetyClassifier.from_dir(tmp_path)
+    del data["quantize"]  # written before the key existed: float32
+    (tmp_path / "classifier.json").write_text(json.dumps(data))
+    assert SafetyClassifier.from_dir(tmp_path).quantize == "none"
+
+
+@needs_embedder
+def test_shipped_classifier_is_int8():
+    guard = load_policy("classifier").guards[0]
+    assert guard.model.quantize == "int8"
+    assert "dynamic int8" in guard.model.card["model"]

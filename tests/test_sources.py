@@ -21,7 +21,19 @@ from lorakit.data.sources import parse_uri, read_source
 from lorakit.errors import ConfigError, DataError, LorakitError
 from lorakit.plugins import Registries, make_plugin_manager
 
-SCHEMES = ["csv", "hf", "jsonl", "medmcqa", "medqa", "medquad", "mmlu", "parquet", "pubmedqa"]
+SCHEMES = [
+    "csv",
+    "hf",
+    "instructions",
+    "jsonl",
+    "medmcqa",
+    "medqa",
+    "medquad",
+    "medsafetybench",
+    "mmlu",
+    "parquet",
+    "pubmedqa",
+]
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,9 @@ LIBRARY_LOGGERS = (
     "datasets",
     "huggingface_hub",
     "liger_kernel",
+    "mlflow",
+    "alembic",
+    "optuna",
     "py.warnings",
 )
 

@@ -123,6 +123,32 @@ def require_fraction(cleaner: str, option: str, value: object) -> float:
     return float(value)
 
 
+def _mix_checks(data: Any, registries: Registries) -> list[Callable[[], Any]]:
+    """For each ``data.mix`` entry: its cleaners, its first row and its template."""
+    from lorakit.data.cleaners import check_cleaners
+    from lorakit.data.sources import read_source
+
+    def cleaners(entry: Any) -> Callable[[], Any]:
+        return lambda: check_cleaners(
+            data.cleaning_chain(entry.cleaners or ()), registries.cleaners
+        )
+
+    def first_row(entry: Any) -> Callable[[], Any]:
+        return lambda: next(
+            iter(read_source(entry.source, fields=entry.fields, registries=registries)), None
+        )
+
+    def template(entry: Any) -> Callable[[], Any]:
+        return lambda: registries.templates.resolve(entry.template)(**entry.template_options)
+
+    checks: list[Callable[[], Any]] = []
+    for entry in data.mix:
+        checks += [cleaners(entry), first_row(entry)]
+        if entry.template is not None:
+            checks.append(template(entry))
+    return checks
+
+
 def check_recipe(recipe: Recipe, registries: Registries) -> list[LorakitError]:
     """Every problem with ``recipe`` that the plugins can find before a model loads.
 
@@ -130,6 +156,7 @@ def check_recipe(recipe: Recipe, registries: Registries) -> list[LorakitError]:
     """
     from lorakit.data.cleaners import check_cleaners
     from lorakit.data.sources import read_source
+    from lorakit.distributed import check_world
     from lorakit.evaluate.benchmarks import load_benchmark, parse_bench
 
     data, evaluation = recipe.data, recipe.evaluation
@@ -145,12 +172,20 @@ def check_recipe(recipe: Recipe, registries: Registries) -> list[LorakitError]:
     def metric(name: str) -> Callable[[], Any]:
         return lambda: registries.metrics.resolve(name)
 
+    def tracker(name: str) -> Callable[[], Any]:
+        from lorakit.tracking import check_tracker
+
+        return lambda: check_tracker(name, registries)
+
     checks: list[Callable[[], Any]] = [
-        lambda: check_cleaners(data.cleaners, registries.cleaners),
+        lambda: check_cleaners(data.cleaning_chain(), registries.cleaners),
         first_row,
         lambda: registries.templates.resolve(data.template)(**data.template_options),
+        *(_mix_checks(data, registries)),
         *(bench(text) for text in evaluation.benchmarks),
         *(metric(name) for name in evaluation.metrics),
+        *(tracker(name) for name in recipe.training.report_to),
+        lambda: check_world(recipe.training, 1, gpus=0),  # training.distributed
     ]
     problems: list[LorakitError] = []
     for check in checks:

@@ -6,11 +6,11 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from lorakit import __version__
 from lorakit.errors import ConfigError, LorakitError
@@ -29,16 +29,20 @@ def _console(err: bool = False) -> Console:
 class LorakitGroup(click.Group):
     """Turns a :class:`LorakitError` into one red line and exit code 2, without a traceback."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta.setdefault("lorakit.argv", list(args))  # what `train --nproc` hands each rank
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         from lorakit.train import RunInterrupted
 
         try:
             return super().invoke(ctx)
         except RunInterrupted as exc:
-            _console(err=True).print(f"[bold yellow]{exc.format()}[/]", markup=True)
+            _console(err=True).print(f"[bold yellow]{escape(exc.format())}[/]", markup=True)
             ctx.exit(130)
         except LorakitError as exc:
-            _console(err=True).print(f"[bold red]error:[/] {exc.format()}", markup=True)
+            _console(err=True).print(f"[bold red]error:[/] {escape(exc.format())}", markup=True)
             ctx.exit(2)
 
 
@@ -165,6 +169,21 @@ def _recipe(preset_or_file: str, assignments: tuple[str, ...]) -> Any:
     help="Check, load the model, prepare the data, attach the adapter, plan memory and build "
     "the trainer; print what training would do, and stop (nothing is written).",
 )
+@click.option(
+    "--private",
+    is_flag=True,
+    help="The data may hold PHI: scrub_phi runs in the cleaning chain "
+    "(the same as --set data.private=true).",
+)
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Train in N processes on this machine through torchrun (DDP, one per GPU; on a "
+    "CPU, gloo): the same recipe and global batch, the run directory written by rank 0.",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def train_command(
     preset: str,
@@ -172,6 +191,8 @@ def train_command(
     run_dir: str | None,
     max_memory_gb: float | None,
     dry_run: bool,
+    private: bool,
+    nproc: int,
     no_progress: bool,
 ) -> None:
     """Fine-tune with a preset, a recipe file (TOML, YAML, JSON) or a run directory's recipe;
@@ -179,12 +200,33 @@ def train_command(
     recipe = _recipe(preset, assignments)
     if max_memory_gb is not None:
         recipe = recipe.with_overrides({"training.max_memory_gb": max_memory_gb})
+    if private:
+        recipe = recipe.with_overrides({"data.private": True})
+    from lorakit.distributed import World, check_launch, launch_train, rank_errors
+
     if dry_run:
         from lorakit.runner import dry_run as run_dry
 
+        if nproc > 1:
+            check_launch(recipe, nproc)
         _print_dry_run(run_dry(recipe, show_progress=not no_progress))
         return
-    result = recipe.run(run_dir, show_progress=not no_progress)
+
+    if nproc > 1:  # each rank runs this command again, without --nproc
+        code = launch_train(
+            recipe,
+            nproc,
+            run_dir,
+            click.get_current_context().meta.get("lorakit.argv", sys.argv[1:]),
+        )
+        if code:
+            sys.exit(code)
+        return
+    world = World.from_env()
+    with rank_errors(world):
+        result = recipe.run(run_dir, show_progress=not no_progress)
+    if not world.is_main:
+        return  # rank 0 reports the run
     report = result.report
     ev = report.eval
     best = report.best or {}
@@ -238,7 +280,7 @@ def check_command(preset: str, assignments: tuple[str, ...]) -> None:
     problems = recipe.check()
     err = _console(err=True)
     for problem in problems:
-        err.print(f"[bold red]error:[/] {problem.format()}", markup=True)
+        err.print(f"[bold red]error:[/] {escape(problem.format())}", markup=True)
     if problems:
         err.print(f"{len(problems)} problem{'s' if len(problems) > 1 else ''} in {recipe.name}")
         raise SystemExit(2)
@@ -273,352 +315,9 @@ def config_show_command(preset: str, assignments: tuple[str, ...], fmt: str) -> 
     click.echo(recipe_to_text(_recipe(preset, assignments), fmt), nl=False)
 
 
-def _eval_table(title: str, results: list[Any], comparisons: dict[str, Any]) -> Any:
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left")
-    for column in ("bench", "n", "accuracy", "95% CI", "acc_norm", "errors", "delta (95% CI)"):
-        table.add_column(column, justify="left" if column in ("bench", "errors") else "right")
-    for result in results:
-        if result.accuracy is None:
-            value, interval = f"ppl {result.perplexity:.3f}", "-"
-        else:
-            value = f"{100 * result.accuracy:.1f}%"
-            interval = f"{100 * result.ci_low:.1f}-{100 * result.ci_high:.1f}"
-        errors = ", ".join(f"{k} {v}" for k, v in result.errors.items() if v) or "-"
-        comp = comparisons.get(result.bench)
-        delta = "-"
-        if comp is not None and comp.measure == "accuracy":
-            delta = f"{100 * comp.delta:+.1f} ({100 * comp.ci_low:+.1f}..{100 * comp.ci_high:+.1f})"
-        elif comp is not None:
-            delta = f"ppl {comp.delta:+.3f}"
-        acc_norm = f"{100 * result.acc_norm:.1f}%" if result.acc_norm is not None else "-"
-        table.add_row(result.bench, str(result.n), value, interval, acc_norm, errors, delta)
-    return table
-
-
-@main.command("eval")
-@click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False))
-@click.option(
-    "--model", "model_name", help="Base model id, folder, or tiny-phi3 (default: the run's)."
-)
-@click.option(
-    "--adapter", type=click.Path(exists=True, file_okay=False), help="LoRA adapter folder."
-)
-@click.option(
-    "--bench",
-    "benches",
-    multiple=True,
-    metavar="NAME:PATH",
-    help="medqa:FILE, medmcqa:FILE, pubmedqa:FILE, mmlu_medical:DIR, heldout:URI or a "
-    "plugin's benchmark (repeatable).",
-)
-@click.option("--limit", type=click.IntRange(min=1), help="Score the first N items of each.")
-@click.option("--shots", type=click.IntRange(min=0), help="Exemplars per item (default: 0).")
-@click.option(
-    "--choices",
-    type=click.Choice(["letters", "texts"]),
-    help="Continuation style (default: the benchmark's).",
-)
-@click.option(
-    "--mode",
-    type=click.Choice(["loglikelihood", "generate"]),
-    default="loglikelihood",
-    show_default=True,
-)
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option(
-    "--quant",
-    type=click.Choice(["nf4", "fp4", "none"]),
-    default="nf4",
-    show_default=True,
-    help="Base weights as in training (QLoRA adapters were trained on the 4-bit base).",
-)
-@click.option(
-    "--metric",
-    "text_metrics",
-    multiple=True,
-    help="For heldout: generate answers and score them with this text metric "
-    "(token_f1, rouge_l, exact_match, embedding_similarity, or a plugin's); repeatable.",
-)
-@click.option(
-    "--template",
-    default="qa",
-    show_default=True,
-    help="Registered prompt template that renders heldout rows (perplexity and generated "
-    "answers): the one the adapter was trained with.",
-)
-@click.option(
-    "--split",
-    type=click.Choice(["test", "eval"]),
-    help="With RUN_DIR: score the run's own held-out split (answer-only loss; generated "
-    "answers with --metric, written to RUN_DIR/eval/SPLIT_answers_SIDE.jsonl).",
-)
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--compare", is_flag=True, help="Score the base model too; report the delta.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per benchmark.")
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
-def eval_command(
-    run_dir: str | None,
-    model_name: str | None,
-    adapter: str | None,
-    benches: tuple[str, ...],
-    limit: int | None,
-    shots: int | None,
-    choices: str | None,
-    mode: str,
-    batch_size: int,
-    quant: str,
-    text_metrics: tuple[str, ...],
-    template: str,
-    split: str | None,
-    max_new_tokens: int,
-    compare: bool,
-    as_json: bool,
-    no_progress: bool,
-) -> None:
-    """Score a model (and optionally an adapter) on medical benchmarks, with 95 % intervals.
-
-    With RUN_DIR, the base model, quantisation, adapter and template come from the run;
-    --split scores the run's own held-out split.
-    """
-    from lorakit.evaluate.benchmarks import run_benchmark
-    from lorakit.evaluate.session import compare_with_base
-    from lorakit.evaluate.spec import BenchSpec
-    from lorakit.plugins import Registries, make_plugin_manager
-    from lorakit.reporting import progress_for
-
-    options: dict[str, Any] = {}
-    if run_dir is not None:
-        model_name, adapter, quant, options = _from_run(run_dir, model_name, adapter, quant)
-        template = str(options.pop("template", template))
-    if model_name is None:
-        raise ConfigError("give a RUN_DIR or --model", field="--model")
-    if not benches and split is None:
-        raise ConfigError(
-            "nothing to score",
-            field="--bench",
-            hint="give --bench NAME:PATH or, with RUN_DIR, --split test",
-        )
-    if split is not None:
-        if run_dir is None:
-            raise ConfigError("--split needs a RUN_DIR", field="--split")
-        _eval_split(
-            Path(run_dir),
-            model_name,
-            adapter,
-            quant,
-            split,
-            text_metrics,
-            compare,
-            limit,
-            max_new_tokens,
-            batch_size,
-            as_json,
-            no_progress,
-        )
-        if not benches:
-            return
-    if compare and adapter is None:
-        raise ConfigError("--compare needs --adapter", field="--compare")
-    spec = BenchSpec(
-        limit=limit,
-        shots=shots,
-        choices=choices,  # type: ignore[arg-type]
-        mode=mode,  # type: ignore[arg-type]
-        batch_size=batch_size,
-        text_metrics=text_metrics,
-        max_new_tokens=max_new_tokens,
-        template=template,
-        **options,
-    )
-    pm = make_plugin_manager()
-    registries = Registries.from_plugin_manager(pm)
-    parsed = _eval_preflight(benches, spec, adapter, model_name, registries)
-    model, tokenizer = _eval_model(model_name, adapter, quant, pm)
-    compared: list[Any] = []
-    with progress_for(_console(err=True), not no_progress and not as_json) as progress:
-        if compare:
-            compared = compare_with_base(
-                model, tokenizer, parsed, spec, progress=progress, registries=registries
-            )
-            results = [c.adapter for c in compared]
-        else:
-            results = [
-                run_benchmark(
-                    model, tokenizer, b, loc, spec, progress=progress, registries=registries
-                )
-                for b, loc in parsed
-            ]
-    if as_json:
-        _echo_eval_json(model_name, adapter, results, compared)
-    else:
-        _print_eval(model_name, adapter, results, compared)
-
-
-def _from_run(
-    run_dir: str, model_name: str | None, adapter: str | None, quant: str
-) -> tuple[str, str, str, dict[str, Any]]:
-    """Model, adapter, quantisation and template options of a finished run."""
-    from lorakit.evaluate.run_split import run_recipe_of
-
-    recipe = run_recipe_of(Path(run_dir))
-    adapter_dir = Path(run_dir) / "adapter"
-    if adapter is None and not (adapter_dir / "adapter_config.json").is_file():
-        raise ConfigError(
-            "the run has no adapter: it did not finish",
-            file=str(run_dir),
-            hint="resume it with lorakit train, or give --adapter",
-        )
-    return (
-        model_name or recipe.model.name,
-        adapter or str(adapter_dir),
-        quant if quant != "nf4" else recipe.model.quant.method,
-        {"template": recipe.data.template, "template_options": dict(recipe.data.template_options)},
-    )
-
-
-def _eval_split(
-    run_dir: Path,
-    model_name: str,
-    adapter: str | None,
-    quant: str,
-    split: str,
-    text_metrics: tuple[str, ...],
-    compare: bool,
-    limit: int | None,
-    max_new_tokens: int,
-    batch_size: int,
-    as_json: bool,
-    no_progress: bool,
-) -> None:
-    from lorakit.evaluate.generate import resolve_text_metrics
-    from lorakit.evaluate.run_split import SplitEvalSpec, evaluate_split
-    from lorakit.plugins import Registries, make_plugin_manager
-    from lorakit.reporting import progress_for
-
-    spec = SplitEvalSpec(
-        split=split,
-        metrics=text_metrics,
-        compare=compare,
-        limit=limit,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-    )
-    pm = make_plugin_manager()
-    registries = Registries.from_plugin_manager(pm)
-    if text_metrics:  # a misspelled metric fails before the model loads
-        resolve_text_metrics(text_metrics, registries)
-    model, tokenizer = _eval_model(model_name, adapter, quant, pm)
-    with progress_for(_console(err=True), not no_progress and not as_json) as progress:
-        result = evaluate_split(
-            run_dir, model, tokenizer, spec, registries=registries, progress=progress
-        )
-    if as_json:
-        click.echo(json.dumps(result))
-        return
-    out = _console()
-    for note in result["notes"]:
-        out.print(f"[yellow]note:[/] {note}")
-    for side in ("base", "adapter"):
-        if side in result:
-            entry = result[side]
-            out.print(
-                f"{split} split, {side}: answer-only loss {entry['loss']:.4f}, perplexity "
-                f"{entry['perplexity']:.2f} ({entry['tokens']:,} answer tokens)"
-            )
-            if "free_text" in entry:
-                out.print(_free_text_table(f"{split} {side}", entry["free_text"]))
-                out.print(f"answers: {entry['answers_file']}")
-
-
-def _eval_preflight(
-    benches: tuple[str, ...],
-    spec: Any,
-    adapter: str | None,
-    model_name: str,
-    registries: Any,
-) -> list[Any]:
-    """Everything ``lorakit eval`` can check before the model loads: every benchmark file reads,
-    the template and text metrics exist, and the adapter fits the model (name and shapes)."""
-    from lorakit.evaluate.adapter_check import check_adapter_base, check_adapter_shapes
-    from lorakit.evaluate.benchmarks import check_benchmarks
-    from lorakit.evaluate.generate import resolve_template, resolve_text_metrics
-
-    parsed = check_benchmarks(benches, registries=registries)
-    resolve_template(spec, registries)
-    if spec.text_metrics:
-        resolve_text_metrics(spec.text_metrics, registries)
-    if adapter is not None:
-        check_adapter_base(adapter, model_name)
-        check_adapter_shapes(adapter, model_name)
-    return parsed
-
-
-def _eval_model(model_name: str, adapter: str | None, quant: str, pm: Any) -> tuple[Any, Any]:
-    from lorakit.model import ModelSpec, QuantizedModelBuilder, QuantSpec
-
-    loaded = QuantizedModelBuilder(
-        ModelSpec(name=model_name, quant=QuantSpec(method=quant)),  # type: ignore[arg-type]
-        plugin_manager=pm,
-    ).build()
-    model = loaded.model
-    if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter)
-    model.eval()
-    console = _console(err=True)
-    for note in loaded.notes:
-        console.print(f"[yellow]note:[/] {note}")
-    return model, loaded.tokenizer
-
-
-def _echo_eval_json(
-    model_name: str, adapter: str | None, results: list[Any], compared: list[Any]
-) -> None:
-    """One JSON object per benchmark; with ``--compare`` also ``compare`` and ``base``."""
-    for i, result in enumerate(results):
-        record = result.to_dict()
-        record["model"] = model_name
-        record["adapter"] = adapter
-        if compared:
-            record["compare"] = compared[i].comparison.to_dict()
-            record["base"] = compared[i].base.to_dict()
-        click.echo(json.dumps(record))
-
-
-def _print_eval(
-    model_name: str, adapter: str | None, results: list[Any], compared: list[Any]
-) -> None:
-    out = _console()
-    title = f"{model_name}" + (f" + {adapter}" if adapter else "")
-    base_results = [c.base for c in compared]
-    if compared:
-        out.print(_eval_table(f"{model_name} (base)", base_results, {}))
-    out.print(_eval_table(title, results, {c.bench: c.comparison for c in compared}))
-    for label, group in (("base", base_results), ("", results)):
-        for result in group:
-            if result.free_text:
-                out.print(_free_text_table(f"{result.bench} {label}".strip(), result.free_text))
-
-
-def _free_text_table(title: str, scores: Any) -> Any:
-    from rich.table import Table
-
-    table = Table(title=f"{title}: generated answers (n {scores['n']})", title_justify="left")
-    for column in ("metric", "mean", "95% CI"):
-        table.add_column(column, justify="left" if column == "metric" else "right")
-    for name, value in scores["metrics"].items():
-        table.add_row(name, f"{value['mean']:.3f}", f"{value['ci_low']:.3f}-{value['ci_high']:.3f}")
-    errors = ", ".join(f"{k} {v}" for k, v in scores["errors"].items() if v) or "none"
-    table.caption = f"errors: {errors}"
-    return table
-
-
 @main.group("data")
 def data_group() -> None:
-    """Look at data before training on it."""
+    """Get public data by name; look at data before training on it."""
 
 
 def _load_tokenizer(name: str) -> Any:
@@ -662,6 +361,11 @@ def _load_tokenizer(name: str) -> Any:
     "-NAME removes from it, plain names replace it (the output says which).",
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Read only the first N rows.")
+@click.option(
+    "--private",
+    is_flag=True,
+    help="The data may hold PHI: scrub_phi is appended to the cleaning chain when absent.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 def inspect_command(
     source: str,
@@ -671,6 +375,7 @@ def inspect_command(
     max_len: int,
     cleaners: tuple[str, ...],
     limit: int | None,
+    private: bool,
     as_json: bool,
 ) -> None:
     """Read, clean and tokenise SOURCE; report counts, lengths and one rendered example.
@@ -691,13 +396,16 @@ def inspect_command(
         template=template,
         tokenize=attrs.evolve(TokenizeSpec(), max_len=max_len),
         limit=limit,
+        private=private,
     )
     chain, chain_note = edit_chain(spec.cleaners, cleaners)
     spec = attrs.evolve(spec, cleaners=chain)
+    if len(spec.cleaning_chain()) > len(chain):
+        chain_note += "; scrub_phi appended (private data)"
     tok = _load_tokenizer(tokenizer)
     with progress_for(_console(err=True), enabled=not as_json and sys.stderr.isatty()) as progress:
         report, examples = inspect_data(spec, tok, progress=progress)
-    if cleaners and not as_json:
+    if (cleaners or private) and not as_json:
         _console(err=True).print(f"note: {chain_note}")
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
@@ -746,8 +454,12 @@ def _print_inspection(report: Any, examples: list[Any], tokenizer: Any) -> None:
         console.rule()
 
 
+main.add_command(__import__("lorakit.evaluate.cli").evaluate.cli.eval_command)  # lorakit eval
 __import__("lorakit.serve.cli").serve.cli.add_commands(main)  # ask, generate, chat, serve, merge
 main.add_command(__import__("lorakit.safety.cli").safety.cli.safety_group)  # lorakit safety
+main.add_command(__import__("lorakit.search.cli").search.cli.search_command)  # lorakit search
+main.add_command(__import__("lorakit.review.cli").review.cli.review_command)  # lorakit review
+data_group.add_command(__import__("lorakit.data.cli").data.cli.get_command)  # lorakit data get
 
 
 for _command in __import__("lorakit.retrieval.cli", fromlist=["COMMANDS"]).COMMANDS:

@@ -305,14 +305,18 @@ class _StaticRunner:
                 logits = self._call(model, self.ids, self.mask, self.pos, self.index)
             graph.replay()
             eager = self._call(model, self.ids, self.mask, self.pos, self.index)
-            agree = bool(torch.equal(logits.argmax(-1), eager.argmax(-1)))
+            # Argmax agreement, or logits within 1 % of their scale: kernels that are not
+            # bit-deterministic (4-bit matmuls at some shapes) can flip near-ties of flat logits.
+            gap = float((logits.float() - eager.float()).abs().max())
+            scale = float(eager.float().abs().max())
+            agree = bool(torch.equal(logits.argmax(-1), eager.argmax(-1))) or gap <= 0.01 * scale
         except Exception as error:  # a layer that cannot be captured: stay eager
             torch.cuda.synchronize(self.device)
             self.note = f"CUDA graph capture failed ({type(error).__name__}: {error})"
             warnings.warn(f"{self.note}; decoding without it", RuntimeWarning, stacklevel=3)
             return self._call(model, self.ids, self.mask, self.pos, self.index)
         if not agree:
-            self.note = "the captured step disagreed with the eager step"
+            self.note = f"the captured step disagreed with the eager step (max gap {gap:.3g})"
             warnings.warn(f"{self.note}; decoding without it", RuntimeWarning, stacklevel=3)
             return eager
         self.graph, self.logits = graph, logits

@@ -71,6 +71,12 @@ class SentenceEmbedder:
         device: a torch device (``"cpu"``, ``"cuda:0"``); ``None`` picks CUDA when available.
         max_length: word pieces per window, at most 512 (the model's positions).
         long_texts: ``"chunk"`` or ``"truncate"``, for texts longer than ``max_length``.
+        quantize: ``"int8"`` runs the encoder's linear layers with int8 weights and
+            activations quantised on the fly (PyTorch dynamic quantisation, per-channel
+            weights; CPU only): about 2.5 times faster on a CPU, embeddings within a cosine
+            of about 0.98 of the float ones. Activations are quantised over a whole forward
+            pass, so each window then runs alone (``batch_size`` is ignored) and a text's
+            embedding does not depend on the texts beside it. ``"none"`` (default): float32.
     """
 
     name: ClassVar[str] = MINILM_NAME
@@ -84,6 +90,7 @@ class SentenceEmbedder:
         device: str | None = None,
         max_length: int = 256,
         long_texts: Literal["chunk", "truncate"] = "chunk",
+        quantize: Literal["none", "int8"] = "none",
     ) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size!r}")
@@ -91,10 +98,15 @@ class SentenceEmbedder:
             raise ConfigError(f"max_length must be between 3 and 512, got {max_length!r}")
         if long_texts not in ("chunk", "truncate"):
             raise ConfigError(f"long_texts must be 'chunk' or 'truncate', got {long_texts!r}")
+        if quantize not in ("none", "int8"):
+            raise ConfigError(f"quantize must be 'none' or 'int8', got {quantize!r}")
+        if quantize == "int8" and device not in ("cpu", None):
+            raise ConfigError(f"int8 quantisation runs on the CPU only, not on {device!r}")
         self.batch_size = batch_size
         self.device = device
         self.max_length = max_length
         self.long_texts = long_texts
+        self.quantize = quantize
         self._model: Any = None
         self._tokenizer: Any = None
 
@@ -102,7 +114,8 @@ class SentenceEmbedder:
         state = "loaded" if self._model is not None else "not loaded"
         return (
             f"{type(self).__name__}(batch_size={self.batch_size}, device={self.device!r}, "
-            f"max_length={self.max_length}, long_texts={self.long_texts!r}) [{state}]"
+            f"max_length={self.max_length}, long_texts={self.long_texts!r}, "
+            f"quantize={self.quantize!r}) [{state}]"
         )
 
     @classmethod
@@ -123,7 +136,9 @@ class SentenceEmbedder:
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = self.device or (
+            "cuda" if torch.cuda.is_available() and self.quantize == "none" else "cpu"
+        )
         # transformers' functions are untyped; called through typed names, mypy --strict agrees.
         bars_off: Callable[[], None] = hf_logging.disable_progress_bar
         bars_on: Callable[[], None] = hf_logging.enable_progress_bar
@@ -136,7 +151,10 @@ class SentenceEmbedder:
             if bars:
                 bars_on()
         self._tokenizer = tokenizer
-        self._model = model.to(device).eval()
+        if getattr(model, "pooler", None) is not None:
+            model.pooler = None  # its output is never used: mean pooling reads the token vectors
+        model = model.to(device).eval()
+        self._model = _int8(model) if self.quantize == "int8" else model
 
     def unload(self) -> None:
         """Free the model; the next :meth:`embed` loads it again."""
@@ -166,8 +184,11 @@ class SentenceEmbedder:
         sums = np.zeros((len(texts), int(self._model.config.hidden_size)), dtype=np.float64)
         counts = np.zeros(len(texts), dtype=np.float64)
         order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
+        # int8 activations are quantised over the whole batch: one window per pass keeps a
+        # text's embedding independent of the texts beside it.
+        batch = 1 if self.quantize == "int8" else self.batch_size
+        for start in range(0, len(order), batch):
+            chunk = order[start : start + batch]
             token_sums, token_counts = self._forward([windows[i] for i in chunk])
             for row, i in enumerate(chunk):
                 sums[owner[i]] += token_sums[row]
@@ -194,3 +215,33 @@ class SentenceEmbedder:
             weights = mask.to(device).unsqueeze(-1).to(hidden.dtype)
             summed = (hidden * weights).sum(dim=1).double().cpu().numpy()
         return summed, mask.sum(dim=1).double().numpy()
+
+
+def _int8(model: Any) -> Any:
+    """``model`` with the encoder's linear layers dynamically quantised to int8 (per-channel
+    weights). PyTorch marks ``torch.ao.quantization`` deprecated in favour of torchao, whose
+    CPU path needs ``torch.compile``; its warnings are silenced here.
+
+    Raises:
+        ConfigError: this PyTorch has no dynamic quantisation.
+    """
+    import warnings
+
+    import torch
+
+    try:
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    except ImportError as exc:
+        raise ConfigError(
+            f"this PyTorch ({torch.__version__}) has no dynamic int8 quantisation",
+            field="embedder.quantize",
+            hint="use quantize='none'",
+        ) from exc
+    layers = {
+        name: per_channel_dynamic_qconfig
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.startswith("encoder.")
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model, layers, dtype=torch.qint8)

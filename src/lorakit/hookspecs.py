@@ -17,6 +17,7 @@ from lorakit.protocols import Register
 
 if TYPE_CHECKING:
     from lorakit.model import LoadedModel, ModelSpec
+    from lorakit.plugins import Registries
     from lorakit.recipe import Recipe, RunResult
 
 __all__ = ["hookimpl", "hookspec"]
@@ -63,6 +64,17 @@ def lorakit_register_metrics(register: Register) -> None:
     Call ``register(name, metric)`` where ``metric`` is a
     :class:`~lorakit.protocols.Metric`. Return nothing; a duplicate name is a
     :class:`~lorakit.errors.PluginError`.
+    """
+
+
+@hookspec
+def lorakit_register_vocabularies(register: Register) -> None:
+    """Register medical vocabularies by name, for the ``medical_concepts`` metric.
+
+    Call ``register(name, vocabulary)`` where ``vocabulary`` is a
+    :class:`~lorakit.evaluate.concepts.Vocabulary` (``name``, ``version`` and
+    ``terms()`` yielding :class:`~lorakit.evaluate.concepts.ConceptTerm`). Return nothing;
+    a duplicate name is a :class:`~lorakit.errors.PluginError`.
     """
 
 
@@ -114,6 +126,19 @@ def lorakit_register_guards(register: Register) -> None:
     """
 
 
+@hookspec
+def lorakit_register_trackers(register: Register) -> None:
+    """Register experiment trackers by name.
+
+    Call ``register(name, factory)`` where ``factory`` is a
+    :class:`~lorakit.tracking.TrackerFactory`: ``requires`` (modules it imports), ``install``
+    (what to install when one is missing) and ``create(recipe, run_dir)`` returning a
+    :class:`~lorakit.tracking.Tracker` (``log_params``, ``log_metrics``, ``log_artifacts``,
+    ``finish``). A run whose ``training.report_to`` names it then reports to it. Return
+    nothing; a duplicate name is a :class:`~lorakit.errors.PluginError`.
+    """
+
+
 @hookspec(firstresult=True)
 def lorakit_load_model(spec: ModelSpec) -> LoadedModel | None:
     """Load the base model and tokenizer for ``spec``, or return ``None`` to pass.
@@ -135,14 +160,16 @@ def lorakit_trainer_callbacks(recipe: Recipe) -> list[Any]:
 
 
 @hookspec
-def lorakit_run_start(recipe: Recipe, run_dir: Path) -> None:
-    """Called once a run directory is ready, before the model loads. Return nothing."""
+def lorakit_run_start(recipe: Recipe, run_dir: Path, registries: Registries) -> None:
+    """Called once a run directory is ready, before the model loads, with what the run's
+    plugins registered. Return nothing."""
 
 
 @hookspec
-def lorakit_log_metrics(metrics: dict[str, Any], step: int) -> None:
-    """Called with every logged record (``loss``, ``eval_loss``, ``learning_rate`` ...) and
-    the optimizer step, as it is appended to ``metrics.jsonl``. Return nothing."""
+def lorakit_log_metrics(metrics: dict[str, Any], step: int, run_dir: Path) -> None:
+    """Called with every logged record (``loss``, ``eval_loss``, ``learning_rate`` ...),
+    the optimizer step and the run's directory, as it is appended to ``metrics.jsonl``.
+    Return nothing."""
 
 
 @hookspec

@@ -49,6 +49,8 @@ DEFAULT_PLUGINS = (
     "lorakit.evaluate.benchmarks",
     "lorakit.retrieval.stores",
     "lorakit.safety.plugin",
+    "lorakit.tracking",
+    "lorakit.evaluate.concepts_plugin",
 )
 
 
@@ -173,6 +175,8 @@ class Registries:
     benchmarks: Registry[Any]
     retrievers: Registry[Any] = attrs.field(factory=lambda: Registry("retriever"))
     guards: Registry[Any] = attrs.field(factory=lambda: Registry("guard"))
+    trackers: Registry[Any] = attrs.field(factory=lambda: Registry("tracker"))
+    vocabularies: Registry[Any] = attrs.field(factory=lambda: Registry("vocabulary"))
 
     @classmethod
     def from_plugin_manager(cls, pm: pluggy.PluginManager | None = None) -> Registries:
@@ -187,6 +191,8 @@ class Registries:
             benchmarks=_collect(pm, "lorakit_register_benchmarks", "benchmark"),
             retrievers=_collect(pm, "lorakit_register_retrievers", "retriever"),
             guards=_collect(pm, "lorakit_register_guards", "guard"),
+            trackers=_collect(pm, "lorakit_register_trackers", "tracker"),
+            vocabularies=_collect(pm, "lorakit_register_vocabularies", "vocabulary"),
         )
 
 

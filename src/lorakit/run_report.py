@@ -47,13 +47,20 @@ class EvalSummary:
     tokens: int
 
 
+def _floats(value: Any) -> tuple[float, ...] | None:
+    return None if value is None else tuple(float(v) for v in value)
+
+
 @attrs.frozen(kw_only=True)
 class RunCost:
     """What the run cost: real (non-padding) tokens trained, throughput, wall time per
     phase, the device and its peak memory (``None`` off a GPU).
 
     ``tokens_trained`` counts the whole run, resumed or not; ``tokens_per_s`` is this
-    process's training tokens over this process's training time.
+    process's training tokens over this process's training time. With several processes
+    (``world_size``, ``lorakit train --nproc``) both count every process's tokens, the
+    peak memory is rank 0's, and ``peak_gpu_allocated_gib_by_rank`` each rank's peak while
+    training, by rank.
     """
 
     tokens_trained: int
@@ -62,6 +69,10 @@ class RunCost:
     device: str
     peak_gpu_allocated_gib: float | None = None
     peak_gpu_reserved_gib: float | None = None
+    world_size: int = 1
+    peak_gpu_allocated_gib_by_rank: tuple[float, ...] | None = attrs.field(
+        default=None, converter=_floats
+    )
 
 
 def _train(value: TrainSummary | Mapping[str, Any]) -> TrainSummary:
@@ -82,7 +93,11 @@ def _notes(value: Any) -> tuple[str, ...]:
 
 @attrs.frozen(kw_only=True)
 class RunReport:
-    """The results and run card of a finished run (``report.json``)."""
+    """The results and run card of a finished run (``report.json``).
+
+    ``eval_by_source``: with mixed data (``data.mix``), the answer-only eval loss after
+    training of each source's own eval examples, by source name (``None`` without a mix).
+    """
 
     status: str
     recipe: str
@@ -101,6 +116,7 @@ class RunReport:
     cost: RunCost | None = attrs.field(default=None, converter=_cost)
     notes: tuple[str, ...] = attrs.field(default=(), converter=_notes)
     run_card: Mapping[str, Any]
+    eval_by_source: Mapping[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunReport:
@@ -146,6 +162,7 @@ class RunReport:
             lines.append(
                 f"| test loss / perplexity | {_fmt(self.test['loss'])} / {_fmt(self.test['perplexity'])} |"
             )
+        lines += _source_lines(self.eval_by_source, self.data.get("mix"))
         lines += _cost_lines(self.cost)
         lines += _benchmark_lines(self.benchmarks or {})
         data, card = self.data, self.run_card
@@ -175,6 +192,24 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _source_lines(by_source: Mapping[str, Any] | None, mix: Mapping[str, Any] | None) -> list[str]:
+    """Per source of a mix: its share of the training examples and its eval loss."""
+    if not by_source and not mix:
+        return []
+    lines = [
+        "",
+        "| source | weight | training examples (share, repeated, left out) | eval loss |",
+        "|---|---|---|---|",
+    ]
+    for part in (mix or {}).get("sources", []):
+        loss = (by_source or {}).get(part["name"], {}).get("loss")
+        lines.append(
+            f"| {part['name']} | {part['weight']:.3f} | {part['train']} "
+            f"({100 * part['share']:.1f} %, {part['repeated']}, {part['left_out']}) | {_fmt(loss)} |"
+        )
+    return lines
+
+
 def _cost_lines(cost: RunCost | None) -> list[str]:
     if cost is None:
         return []
@@ -185,6 +220,14 @@ def _cost_lines(cost: RunCost | None) -> list[str]:
         + ", ".join(f"{k} {v:.1f}" for k, v in cost.wall_s.items())
         + " |",
     ]
+    if cost.world_size > 1:
+        by_rank = cost.peak_gpu_allocated_gib_by_rank
+        lines.append(
+            f"| processes (DDP) / peak GPU memory allocated per rank while training (GiB) | "
+            f"{cost.world_size} / "
+            + (" · ".join(f"{v:.2f}" for v in by_rank) if by_rank else "- (no GPU)")
+            + " |"
+        )
     if cost.peak_gpu_allocated_gib is not None:
         lines.append(
             f"| peak GPU memory allocated / reserved (GiB) | {cost.peak_gpu_allocated_gib:.2f} / "

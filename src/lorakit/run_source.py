@@ -47,7 +47,13 @@ def load_model_and_adapters(
     for path in adapters.values():
         check_adapter_base(path, model_name)
         check_adapter_shapes(path, model_name)
-    spec = ModelSpec(name=model_name, quant=quant if quant is not None else quant_spec("nf4"))
+    # sdpa: the decoding fast path (static cache, CUDA graph) needs an attention that takes a
+    # prepared mask; on a GPU, "auto" would pick the varlen kernel that packed training uses.
+    spec = ModelSpec(
+        name=model_name,
+        quant=quant if quant is not None else quant_spec("nf4"),
+        attn_implementation="sdpa",
+    )
     loaded = QuantizedModelBuilder(spec, plugin_manager=plugin_manager).build()
     model = loaded.model
     first = True

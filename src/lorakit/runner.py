@@ -32,6 +32,7 @@ from lorakit._fs import (
     write_text_atomic,
 )
 from lorakit._output import run_log
+from lorakit.distributed import World
 from lorakit.errors import ConfigError, LorakitError
 from lorakit.train import RunInterrupted, StopRequest
 
@@ -80,6 +81,7 @@ class RunContext:
     started: dt.datetime = attrs.field(factory=lambda: dt.datetime.now(dt.timezone.utc))
     notes: list[str] = attrs.field(factory=list)
     wall_s: dict[str, float] = attrs.field(factory=dict)
+    world: World = attrs.field(factory=World)
 
     def note(self, text: str) -> None:
         """Record a note for the report and show it."""
@@ -115,22 +117,30 @@ def run_recipe(
 
     The run holds an exclusive lock on its directory. An unfinished run of the same recipe
     there resumes from its latest complete checkpoint, and the report says so.
+
+    Launched by torchrun (``lorakit train --nproc N``), every process runs this with the
+    same recipe; see :mod:`lorakit.distributed` for what rank 0 alone does.
     """
     from lorakit.recipe import default_run_dir, make_run_dir
 
-    folder = Path(run_dir) if run_dir is not None else default_run_dir(recipe.name)
-    make_run_dir(folder)
-    with RunLock(folder):
-        ctx = open_run(recipe, folder, plugin_manager=plugin_manager, show_progress=show_progress)
-        with run_log(folder):
+    world = World.from_env()
+    world.start()
+    folder = world.broadcast(Path(run_dir) if run_dir is not None else default_run_dir(recipe.name))
+    if world.is_main:
+        make_run_dir(folder)
+    with world.lock(folder):
+        ctx = open_run(
+            recipe, folder, plugin_manager=plugin_manager, show_progress=show_progress, world=world
+        )
+        with run_log(folder) if world.is_main else contextlib.nullcontext():
             return _run_logged(ctx)
 
 
 def _run_logged(ctx: RunContext) -> RunResult:
     """The phases between the run hooks, with failures mapped to one-line errors."""
     recipe, folder = ctx.recipe, ctx.run_dir
-    hook = ctx.plugin_manager.hook
-    hook.lorakit_run_start(recipe=recipe, run_dir=folder)
+    hook = ctx.world.run_hooks(ctx.plugin_manager)  # trackers hear of the run from rank 0
+    hook.lorakit_run_start(recipe=recipe, run_dir=folder, registries=ctx.registries)
     try:
         result = _run_phases(ctx)
     except OSError as error:  # a full disk or a folder made read-only during the run
@@ -233,12 +243,15 @@ def _run_phases(ctx: RunContext) -> RunResult:
     trainer = build_trainer(ctx, setup, data.prepared.examples["train"], data.eval_examples)
     before = eval_before(ctx, setup.model, data.eval_examples)
     outcome = train(ctx, trainer)
+    if not ctx.world.is_main:  # rank 0 evaluates, saves and reports; this rank waits
+        return ctx.world.finished_run(ctx.run_dir, setup.model, setup.tokenizer)
     results = evaluate(ctx, setup, data, outcome)
     adapter_dir = save_adapter(ctx, setup)
     benchmarks = evaluate_benchmarks(ctx, setup, data)
     report = build_report(ctx, loaded, setup, data, before, outcome, results, benchmarks)
     write_text_atomic(ctx.run_dir / "report.md", report.to_markdown())
     write_json_atomic(ctx.run_dir / "report.json", report.to_dict())  # last: the run is done
+    ctx.world.barrier()  # the other ranks return the finished run
     return RunResult(
         run_dir=ctx.run_dir,
         adapter_dir=adapter_dir,
@@ -249,27 +262,38 @@ def _run_phases(ctx: RunContext) -> RunResult:
 
 
 def open_run(
-    recipe: Recipe, run_dir: Path, *, plugin_manager: Any = None, show_progress: bool = True
+    recipe: Recipe,
+    run_dir: Path,
+    *,
+    plugin_manager: Any = None,
+    show_progress: bool = True,
+    world: World | None = None,
 ) -> RunContext:
-    """Check or start the run directory (its lock already held) and build the context."""
+    """Check or start the run directory (its lock already held, by rank 0) and build the
+    context. Only rank 0 touches the directory, prints and shows progress."""
     from rich.console import Console
 
     from lorakit._fs import remove_stale_temporaries
     from lorakit.plugins import Registries, make_plugin_manager
     from lorakit.recipe import make_run_dir, prepare_run_dir
 
+    world = world if world is not None else World()
     pm = plugin_manager if plugin_manager is not None else make_plugin_manager()
-    make_run_dir(run_dir)
-    removed = remove_stale_temporaries(run_dir)
-    resuming = prepare_run_dir(run_dir, recipe)
+    removed: list[str] = []
+    resuming = False
+    if world.is_main:
+        make_run_dir(run_dir)
+        removed = remove_stale_temporaries(run_dir)
+        resuming = prepare_run_dir(run_dir, recipe)
     ctx = RunContext(
         recipe=recipe,
         run_dir=run_dir,
         plugin_manager=pm,
         registries=Registries.from_plugin_manager(pm),
-        resuming=resuming,
-        console=Console(stderr=True),
-        show_progress=show_progress,
+        resuming=world.broadcast(resuming),
+        console=Console(stderr=True, quiet=not world.is_main),
+        show_progress=show_progress and world.is_main,
+        world=world,
     )
     if removed:
         ctx.note(f"removed what an interrupted run left half-written: {', '.join(removed)}")
@@ -282,6 +306,7 @@ def preflight(ctx: RunContext) -> None:
     problems = ctx.recipe.check(ctx.registries)
     if problems:
         raise problems[0]
+    ctx.world.check(ctx.recipe.training)
 
 
 def load_model(ctx: RunContext) -> LoadedModel:
@@ -316,24 +341,15 @@ def prepare_run_data(ctx: RunContext, tokenizer: Any) -> RunData:
     data that changed since the run started."""
     from lorakit.data.pipeline import prepare_data
 
-    recipe, run_dir = ctx.recipe, ctx.run_dir
+    recipe = ctx.recipe
     with ctx.phase("data"), ctx.progress() as progress:
         prepared = prepare_data(
             recipe.data, tokenizer, registries=ctx.registries, progress=progress
         )
     digest = data_hash(prepared.examples)
-    report_file = run_dir / "data_report.json"
-    if ctx.resuming and report_file.exists():
-        earlier = read_json_object(report_file, "the data report").get("data_hash")
-        if earlier not in (None, digest):
-            raise ConfigError(
-                "the data changed since this run started: the checkpoints were trained on "
-                "other examples",
-                file=str(run_dir),
-                field="data.source",
-                hint="restore the data the run started with, or start a new --run-dir",
-            )
-    write_json_atomic(report_file, {**prepared.report.to_dict(), "data_hash": digest})
+    ctx.world.check_same(digest, what="training data", field="data.source")
+    if ctx.world.is_main:
+        _write_data_report(ctx, prepared, digest)
     max_len = recipe.data.tokenize.max_len
     if prepared.report.zero_supervised:
         ctx.note(
@@ -347,6 +363,22 @@ def prepare_run_data(ctx: RunContext, tokenizer: Any) -> RunData:
             "their end token is not trained"
         )
     return RunData(prepared=prepared, digest=digest)
+
+
+def _write_data_report(ctx: RunContext, prepared: PreparedData, digest: str) -> None:
+    """``data_report.json``; a resumed run refuses data that changed since it started."""
+    report_file = ctx.run_dir / "data_report.json"
+    if ctx.resuming and report_file.exists():
+        earlier = read_json_object(report_file, "the data report").get("data_hash")
+        if earlier not in (None, digest):
+            raise ConfigError(
+                "the data changed since this run started: the checkpoints were trained on "
+                "other examples",
+                file=str(ctx.run_dir),
+                field="data.source",
+                hint="restore the data the run started with, or start a new --run-dir",
+            )
+    write_json_atomic(report_file, {**prepared.report.to_dict(), "data_hash": digest})
 
 
 @attrs.frozen(kw_only=True)
@@ -394,9 +426,10 @@ def setup_model(ctx: RunContext, loaded: LoadedModel) -> ModelSetup:
     if training.max_memory_gb is not None:
         from lorakit.fast import fit_memory_budget
 
-        training, note = fit_memory_budget(
-            model, training, recipe.data.tokenize.max_len, ctx.run_dir / "memory_plan.json"
-        )
+        with ctx.world.main_first():  # rank 0 measures and writes the plan; the others read it
+            training, note = fit_memory_budget(
+                model, training, recipe.data.tokenize.max_len, ctx.run_dir / "memory_plan.json"
+            )
         ctx.note(note)
     return ModelSetup(
         model=model,
@@ -423,9 +456,16 @@ def build_trainer(
     recipe, pm = ctx.recipe, ctx.plugin_manager
 
     def on_log(record: dict[str, Any], step: int) -> None:
-        pm.hook.lorakit_log_metrics(metrics=record, step=step)
+        pm.hook.lorakit_log_metrics(metrics=record, step=step, run_dir=ctx.run_dir)
 
-    factory = TrainerFactory(setup.training, ctx.run_dir / "checkpoints", setup.compute_dtype)
+    factory = TrainerFactory(
+        setup.training,
+        ctx.run_dir / "checkpoints",
+        setup.compute_dtype,
+        order=recipe.data.order,
+        curriculum_share=recipe.data.curriculum_share,
+        world_size=ctx.world.size,
+    )
     metrics_file = ctx.run_dir / "metrics.jsonl"
     factory.callbacks.append(metrics_callback(metrics_file, on_log, factory.counter))
     if ctx.show_progress:
@@ -447,7 +487,12 @@ def build_trainer(
 
 
 def eval_before(ctx: RunContext, model: Any, eval_examples: list[Any]) -> dict[str, Any]:
-    """Answer-only eval loss of the base model (stored, so a resumed run keeps it)."""
+    """Answer-only eval loss of the base model (stored, so a resumed run keeps it); rank 0
+    computes it while the others wait."""
+    return ctx.world.on_main(lambda: _eval_before(ctx, model, eval_examples))
+
+
+def _eval_before(ctx: RunContext, model: Any, eval_examples: list[Any]) -> dict[str, Any]:
     from lorakit.evaluate.perplexity import answer_loss
     from lorakit.train import QACollator
 
@@ -476,6 +521,7 @@ class TrainOutcome:
     best_checkpoint: str | None
     best_metric: float | None
     counter: TokenCounter
+    peak_gpu_gib_by_rank: tuple[float, ...] | None = None
 
 
 def train(ctx: RunContext, trainer: Any) -> TrainOutcome:
@@ -484,28 +530,19 @@ def train(ctx: RunContext, trainer: Any) -> TrainOutcome:
     A run stopped after its final checkpoint is not trained further: its best adapter is
     loaded and its trainer state read back.
     """
-    from lorakit.checkpoints import (
-        CHECKPOINT_MARKER,
-        checkpoint_step,
-        keep_metrics_until,
-        latest_checkpoint,
-    )
+    from lorakit.checkpoints import CHECKPOINT_MARKER, latest_checkpoint
 
     folder = ctx.run_dir / "checkpoints"
-    resume_from = latest_checkpoint(folder) if ctx.resuming else None
-    finished = resume_from is not None and _finished(resume_from)
-    if ctx.resuming:
-        # Records logged after the checkpoint (all, without one) are logged again now.
-        step = checkpoint_step(resume_from) if resume_from is not None else 0
-        keep_metrics_until(ctx.run_dir / "metrics.jsonl", step, summaries=finished)
-        _remove_incomplete_checkpoints(ctx, folder, after=step)
+    resume_from = ctx.world.on_main(lambda: _resume_point(ctx, folder))
     if resume_from is not None:
         marker = read_json_object(resume_from / CHECKPOINT_MARKER, "the checkpoint record")
         trainer.lorakit_counter.tokens = int(marker.get("tokens", 0))
-        if finished:
+        if _finished(resume_from):
             _restore_finished(trainer, resume_from)
-            return _outcome(trainer, resume_from)
+            return _outcome(ctx, trainer, resume_from)
     stop = StopRequest()
+    if ctx.world.distributed:  # before the stop callback: a stop on any rank stops every rank
+        trainer.add_callback(ctx.world.step_sync(stop, trainer.lorakit_counter))
     trainer.add_callback(stop.callback())
     with ctx.phase("train"), _stop_on_ctrl_c(ctx, stop):
         try:
@@ -522,7 +559,23 @@ def train(ctx: RunContext, trainer: Any) -> TrainOutcome:
     if stop.requested:
         latest = latest_checkpoint(folder)
         raise RunInterrupted(trainer.state.global_step, latest.name if latest else None)
-    return _outcome(trainer, resume_from)
+    return _outcome(ctx, trainer, resume_from)
+
+
+def _resume_point(ctx: RunContext, folder: Path) -> Path | None:
+    """The latest complete checkpoint of an unfinished run; the metrics logged and the
+    checkpoints begun after it are removed (they are logged and saved again)."""
+    from lorakit.checkpoints import checkpoint_step, keep_metrics_until, latest_checkpoint
+
+    if not ctx.resuming:
+        return None
+    resume_from = latest_checkpoint(folder)
+    finished = resume_from is not None and _finished(resume_from)
+    # Records logged after the checkpoint (all, without one) are logged again now.
+    step = checkpoint_step(resume_from) if resume_from is not None else 0
+    keep_metrics_until(ctx.run_dir / "metrics.jsonl", step, summaries=finished)
+    _remove_incomplete_checkpoints(ctx, folder, after=step)
+    return resume_from
 
 
 @contextlib.contextmanager
@@ -551,7 +604,7 @@ def _stop_on_ctrl_c(ctx: RunContext, stop: StopRequest) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _outcome(trainer: Any, resume_from: Path | None) -> TrainOutcome:
+def _outcome(ctx: RunContext, trainer: Any, resume_from: Path | None) -> TrainOutcome:
     state = trainer.state
     return TrainOutcome(
         resumed_from=None if resume_from is None else resume_from.name,
@@ -559,6 +612,7 @@ def _outcome(trainer: Any, resume_from: Path | None) -> TrainOutcome:
         best_checkpoint=state.best_model_checkpoint,
         best_metric=state.best_metric,
         counter=trainer.lorakit_counter,
+        peak_gpu_gib_by_rank=ctx.world.peak_memory_gib(),
     )
 
 
@@ -630,7 +684,18 @@ def evaluate(
                 if data.test_examples
                 else None
             )
-    return {"after": after.to_dict(), "test": test, "best": best}
+            by_source = {
+                name: answer_loss(
+                    model,
+                    own["eval"],
+                    collate,
+                    batch_size=batch,
+                    progress=progress.task(f"Eval loss of {name}", len(own["eval"])),
+                ).to_dict()
+                for name, own in data.prepared.by_source.items()
+                if own["eval"]
+            }
+    return {"after": after.to_dict(), "test": test, "best": best, "by_source": by_source or None}
 
 
 def save_adapter(ctx: RunContext, setup: ModelSetup) -> Path:
@@ -706,11 +771,20 @@ def build_report(
             tokens=after["tokens"],
         ),
         test=results["test"],
+        eval_by_source=results.get("by_source"),
         benchmarks=benchmarks,
         best=results["best"],
-        adapter={"path": str(ctx.run_dir / "adapter"), "targets": list(setup.targets)},
-        data={k: data_report[k] for k in ("rows_read", "rows_kept", "kind", "dropped", "split")},
-        cost=run_cost(ctx, outcome.counter),
+        adapter={
+            "path": str(ctx.run_dir / "adapter"),
+            "targets": list(setup.targets),
+            "trainable_parameters": sum(
+                p.numel() for p in setup.model.parameters() if p.requires_grad
+            ),
+        },
+        data={
+            k: data_report[k] for k in ("rows_read", "rows_kept", "kind", "dropped", "split", "mix")
+        },
+        cost=run_cost(ctx, outcome.counter, outcome.peak_gpu_gib_by_rank),
         notes=tuple(ctx.notes),
         run_card={
             "versions": versions(),
@@ -722,8 +796,13 @@ def build_report(
     )
 
 
-def run_cost(ctx: RunContext, counter: TokenCounter | None) -> RunCost:
-    """Tokens, throughput, wall time per phase, the device and its peak memory."""
+def run_cost(
+    ctx: RunContext,
+    counter: TokenCounter | None,
+    peak_by_rank: tuple[float, ...] | None = None,
+) -> RunCost:
+    """Tokens, throughput, wall time per phase, the device and its peak memory; with
+    several processes, their number and each one's peak GPU memory while training."""
     import torch
 
     from lorakit.run_report import RunCost
@@ -740,6 +819,8 @@ def run_cost(ctx: RunContext, counter: TokenCounter | None) -> RunCost:
         device=torch.cuda.get_device_name() if cuda else "cpu",
         peak_gpu_allocated_gib=round(torch.cuda.max_memory_allocated() / gib, 3) if cuda else None,
         peak_gpu_reserved_gib=round(torch.cuda.max_memory_reserved() / gib, 3) if cuda else None,
+        world_size=ctx.world.size,
+        peak_gpu_allocated_gib_by_rank=peak_by_rank if ctx.world.distributed else None,
     )
 
 

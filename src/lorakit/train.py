@@ -86,6 +86,21 @@ class StopRequest:
         return StopAtStep()
 
 
+def _trackers(value: Any) -> tuple[str, ...]:
+    """``"tensorboard,mlflow"`` or a list of names; ``"none"`` (or nothing) reports to none."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = tuple(str(item).strip() for item in items if str(item).strip())
+    names = tuple(name for name in names if name.lower() != "none")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ConfigError(
+            f"tracker {duplicates[0]!r} is named twice",
+            field="training.report_to",
+            hint="name each tracker once",
+        )
+    return names
+
+
 @attrs.frozen(kw_only=True)
 class TrainingSpec:
     """How to train.
@@ -132,6 +147,13 @@ class TrainingSpec:
         max_memory_gb: a GPU memory budget; lorakit then picks checkpointing (none, selective,
             full) and the packed micro-batch size that fit it, by measuring one step of each.
         seed: seed of the run (data order, adapter initialisation, dropout).
+        report_to: experiment trackers the run reports to (``tensorboard``, ``mlflow``, or a
+            plugin's, see :mod:`lorakit.tracking`); ``--set training.report_to=tensorboard,mlflow``.
+        tracking_uri: the MLflow tracking server (``http://HOST:5000``); ``None`` keeps a local
+            store in the run directory.
+        distributed: how several processes (``lorakit train --nproc N``) share the work:
+            ``ddp``, each holds the whole model and gradients are averaged (see
+            :mod:`lorakit.distributed`); ``fsdp`` is refused for now (not yet run on GPUs).
     """
 
     epochs: float = attrs.field(
@@ -181,6 +203,11 @@ class TrainingSpec:
         validator=number("training", gt=0, optional=True),
     )
     seed: int = 42
+    report_to: tuple[str, ...] = attrs.field(default=(), converter=_trackers)
+    tracking_uri: str | None = None
+    distributed: Literal["ddp", "fsdp"] = attrs.field(
+        default="ddp", validator=one_of("training", ("ddp", "fsdp"))
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.load_best and self.save_steps % self.eval_steps:
@@ -336,6 +363,10 @@ class ExampleDataset:
         example = self.examples[index]
         return {"input_ids": list(example.input_ids), "labels": list(example.labels)}
 
+    def lengths(self) -> list[int]:
+        """Tokens of every item (what length-aware orders sort by)."""
+        return [len(e.input_ids) for e in self.examples]
+
 
 class PackedDataset:
     """Examples packed into rows of at most ``capacity`` tokens (see :mod:`lorakit.data.packing`)."""
@@ -353,6 +384,10 @@ class PackedDataset:
         from lorakit.data.packing import packed_row
 
         return packed_row([self.examples[i] for i in self.rows[index]])
+
+    def lengths(self) -> list[int]:
+        """Per packed row, the tokens of its longest example (what length-aware orders sort by)."""
+        return [max(len(self.examples[i].input_ids) for i in row) for row in self.rows]
 
 
 def resolve_optimizer(name: str) -> tuple[str, str | None]:
@@ -377,6 +412,11 @@ class TrainerFactory:
         output_dir: where checkpoints go (``run_dir/checkpoints``).
         compute_dtype: ``bfloat16``, ``float16`` or ``float32`` (mixed precision flags follow it).
         callbacks: extra ``TrainerCallback`` objects (plugins, reporters).
+        order: ``shuffle`` (the trainer's sampler), ``length_curriculum`` or
+            ``length_grouped`` (see :mod:`lorakit.data.order`).
+        curriculum_share: the share of the steps the curriculum ramps over.
+        world_size: processes training together; each takes its share of the global batch
+            (see :func:`lorakit.distributed.rank_batch`).
     """
 
     args: TrainingSpec
@@ -385,6 +425,9 @@ class TrainerFactory:
     callbacks: list[Any] = attrs.field(factory=list)
     notes: list[str] = attrs.field(factory=list)
     counter: TokenCounter = attrs.field(factory=TokenCounter)
+    order: str = "shuffle"
+    curriculum_share: float = 0.5
+    world_size: int = 1
 
     def training_arguments(self, train_items: int, *, packed: bool = False) -> Any:
         """The ``transformers.TrainingArguments`` of the run.
@@ -394,8 +437,11 @@ class TrainerFactory:
         import torch
         from transformers import TrainingArguments
 
+        from lorakit.distributed import rank_batch
+
         a = attrs.evolve(self.args, batch_size=1) if packed else self.args
         steps = total_steps(a, train_items)
+        micro_batch, accumulation = rank_batch(a, self.world_size)
         optimizer, warning = resolve_optimizer(a.optimizer)
         if warning:
             self.notes.append(warning)
@@ -415,9 +461,9 @@ class TrainerFactory:
             output_dir=str(self.output_dir),
             num_train_epochs=a.epochs,
             max_steps=a.max_steps if a.max_steps is not None else -1,
-            per_device_train_batch_size=a.batch_size,
+            per_device_train_batch_size=micro_batch,
             per_device_eval_batch_size=a.eval_batch_size,
-            gradient_accumulation_steps=a.grad_accum,
+            gradient_accumulation_steps=accumulation,
             learning_rate=a.learning_rate,
             weight_decay=a.weight_decay,
             max_grad_norm=a.max_grad_norm,
@@ -447,6 +493,8 @@ class TrainerFactory:
             label_names=["labels"],
             dataloader_num_workers=0,
             save_only_model=False,
+            # LoRA trains every adapter parameter: DDP need not search for unused ones.
+            ddp_find_unused_parameters=False if self.world_size > 1 else None,
         )
 
     # Checkpointing is switched on (non-reentrant) by apply_adapter, before PEFT wraps the model.
@@ -525,7 +573,35 @@ class TrainerFactory:
         # lorakit reports progress and metrics itself (rich bar, metrics.jsonl).
         trainer.remove_callback(PrinterCallback)
         trainer.lorakit_counter = self.counter
+        order = self.order
+        unpacked_grouping = self.args.group_by_length and not self.args.packing
+        if self.world_size > 1 and order == "shuffle" and unpacked_grouping:
+            # transformers' length-grouped sampler draws on each process's own random
+            # state; lorakit's is a pure function of the seed, the same on every rank.
+            order = "length_grouped"
+            self.notes.append(
+                "several processes: training.group_by_length uses data.order="
+                "length_grouped (the same order on every rank)"
+            )
+        if order != "shuffle":
+            trainer.lorakit_sampler = self._sampler(train_dataset, trainer, order)
         return trainer
+
+    def _sampler(self, dataset: ExampleDataset | PackedDataset, trainer: Any, order: str) -> Any:
+        """The length-aware sampler of ``data.order``, a pure function of seed and step."""
+        from lorakit.data.order import OrderedSampler
+
+        counted = attrs.evolve(self.args, batch_size=1) if self.args.packing else self.args
+        return OrderedSampler(
+            dataset.lengths(),
+            order=order,
+            seed=self.args.seed,
+            micro_batch=counted.batch_size,
+            grad_accum=counted.grad_accum,
+            total_steps=total_steps(counted, len(dataset)),
+            curriculum_share=self.curriculum_share,
+            step=lambda: int(trainer.state.global_step),
+        )
 
 
 def _trainer_class() -> type:
@@ -535,7 +611,16 @@ def _trainer_class() -> type:
     class LorakitTrainer(Trainer):
         """A Trainer that stops with :class:`TrainingDiverged` on a NaN or infinite loss, and
         evaluates with lorakit's token-weighted answer-only loss, so that the best checkpoint
-        is chosen by the same number the run report gives."""
+        is chosen by the same number the run report gives. With a length-aware
+        ``data.order`` it samples training items with lorakit's :class:`OrderedSampler`."""
+
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            sampler = getattr(self, "lorakit_sampler", None)
+            if sampler is not None and (
+                train_dataset is None or train_dataset is self.train_dataset
+            ):
+                return sampler
+            return super()._get_train_sampler(train_dataset)
 
         def evaluate(
             self,
@@ -554,11 +639,17 @@ def _trainer_class() -> type:
                 batch.pop(REAL_TOKENS, None)
                 return batch
 
-            result = answer_loss(
-                self.model,
-                dataset.examples,
-                uncounted,
-                batch_size=self.args.per_device_eval_batch_size,
+            from lorakit.distributed import World
+
+            # Rank 0 evaluates; every rank gets its numbers (the best checkpoint and early
+            # stopping then agree everywhere).
+            result = World.from_env().on_main(
+                lambda: answer_loss(
+                    self.model,
+                    dataset.examples,
+                    uncounted,
+                    batch_size=self.args.per_device_eval_batch_size,
+                )
             )
             metrics = {
                 f"{metric_key_prefix}_loss": result.loss,
@@ -619,6 +710,9 @@ def _bookkeeping_callback(counter: TokenCounter) -> Any:
             counter.stop()
 
         def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            from lorakit.distributed import World
+
+            World.from_env().barrier()  # every rank's files (its RNG state) are written
             if state.is_world_process_zero:
                 folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                 from lorakit.checkpoints import mark_checkpoint_complete

@@ -1,4 +1,5 @@
-"""Edits of a cleaning chain on the command line: ``+name`` adds, ``-name`` removes."""
+"""Edits of a cleaning chain on the command line: ``+name`` adds, ``-name`` removes; and the
+chain of private data (``scrub_phi`` appended)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,19 @@ from collections.abc import Sequence
 from lorakit.data.cleaners import CleanerSpec
 from lorakit.errors import ConfigError
 
-__all__ = ["edit_chain"]
+__all__ = ["PHI_CLEANER", "edit_chain", "private_chain"]
+
+PHI_CLEANER = "scrub_phi"
+"""The cleaner that private data always runs (:mod:`lorakit.safety.phi`)."""
+
+
+def private_chain(chain: Sequence[CleanerSpec], private: bool) -> tuple[CleanerSpec, ...]:
+    """``chain`` as it runs on data that is (or is not) private: with ``private``,
+    :data:`PHI_CLEANER` is appended unless the chain already has it (then its place and
+    options are kept, e.g. ``scrub_phi:entities=NAME+DATE`` early in the chain)."""
+    if not private or any(step.name == PHI_CLEANER for step in chain):
+        return tuple(chain)
+    return (*chain, CleanerSpec(PHI_CLEANER))
 
 
 def edit_chain(

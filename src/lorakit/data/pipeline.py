@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from lorakit._validators import number, one_of
 from lorakit.data.cleaners import (
     DEFAULT_CLEANERS,
     CleanerSpec,
@@ -21,6 +22,8 @@ from lorakit.data.cleaners import (
     check_cleaners,
     clean_rows,
 )
+from lorakit.data.mixing import MixReport, MixSpec, mix_entries
+from lorakit.data.order import ORDERS, DataOrder
 from lorakit.data.rows import QARow
 from lorakit.data.sources import read_source
 from lorakit.data.splits import Splits, SplitSpec, split_rows
@@ -56,6 +59,14 @@ def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: 
         )
 
 
+def _flag(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(
+            f"data.{attribute.name} must be true or false, got {value!r}",
+            field=f"data.{attribute.name}",
+        )
+
+
 def _cleaner_chain(
     value: Iterable[CleanerSpec | str | Mapping[str, Any]],
 ) -> tuple[CleanerSpec, ...]:
@@ -83,6 +94,15 @@ class DataSpec:
         template_options: keyword options for the template.
         tokenize: maximum length and batch size of tokenisation.
         limit: read only the first ``limit`` rows of the source (for a quick look).
+        order: the order training sees its examples in: ``shuffle`` (the trainer's seeded
+            shuffle), ``length_curriculum`` (short to long over ``curriculum_share`` of the
+            steps, then shuffled) or ``length_grouped`` (similar lengths per micro-batch);
+            see :mod:`lorakit.data.order`.
+        curriculum_share: the share of the run's steps the curriculum ramps over, in (0, 1].
+        mix: other sources mixed into the training data at their weights (shares);
+            ``source`` gets the rest. See :mod:`lorakit.data.mixing`.
+        private: the data may hold personal health information: ``scrub_phi`` runs in
+            every cleaning chain (appended when absent; see :meth:`cleaning_chain`).
     """
 
     source: str
@@ -95,6 +115,19 @@ class DataSpec:
     template_options: Mapping[str, Any] = attrs.field(factory=dict)
     tokenize: TokenizeSpec = attrs.field(factory=TokenizeSpec)
     limit: int | None = attrs.field(default=None, validator=_positive_or_none)
+    order: DataOrder = attrs.field(default="shuffle", validator=one_of("data", ORDERS))
+    curriculum_share: float = attrs.field(
+        default=0.5, converter=float, validator=number("data", gt=0, le=1)
+    )
+    mix: tuple[MixSpec, ...] = attrs.field(default=(), converter=mix_entries)
+    private: bool = attrs.field(default=False, validator=_flag)
+
+    def cleaning_chain(self, chain: Sequence[CleanerSpec] | None = None) -> tuple[CleanerSpec, ...]:
+        """The cleaners that run: ``chain`` (default :attr:`cleaners`; a mixed source's own
+        chain) with ``scrub_phi`` appended when :attr:`private` and the chain lacks it."""
+        from lorakit.data.chains import private_chain
+
+        return private_chain(self.cleaners if chain is None else chain, self.private)
 
 
 @attrs.frozen(kw_only=True)
@@ -107,11 +140,12 @@ class DataReport:
     kinds: Mapping[str, int]
     tokenization: Mapping[str, TokenizeReport]
     split: Mapping[str, Any] | None = None
+    mix: MixReport | None = None
 
     @property
     def rows_kept(self) -> int:
-        """Rows left after cleaning."""
-        return self.cleaning.rows_out
+        """Rows left after cleaning (over every source of a mix)."""
+        return self.cleaning.rows_out if self.mix is None else self.mix.rows_kept
 
     @property
     def kind(self) -> str:
@@ -136,16 +170,21 @@ class DataReport:
             "cleaning": self.cleaning.to_dict(),
             "split": None if self.split is None else dict(self.split),
             "tokenization": {name: report.to_dict() for name, report in self.tokenization.items()},
+            "mix": None if self.mix is None else self.mix.to_dict(),
         }
 
 
 @attrs.frozen(kw_only=True)
 class PreparedData:
-    """The training, evaluation and test examples, with the rows they came from and the report."""
+    """The training, evaluation and test examples, with the rows they came from and the report.
+
+    ``by_source`` holds each source's examples per split when the data is a mix (else empty).
+    """
 
     splits: Splits
     examples: Mapping[str, list[Example]]
     report: DataReport
+    by_source: Mapping[str, Mapping[str, list[Example]]] = attrs.field(factory=dict)
 
 
 def read_rows(
@@ -331,14 +370,15 @@ def _cleaned(
     spec: DataSpec, registries: Registries | None, progress: ProgressReporter | None
 ) -> QADataset:
     registries = registries or Registries.from_plugin_manager()
-    check_cleaners(spec.cleaners, registries.cleaners)  # a typo fails before reading
+    chain = spec.cleaning_chain()
+    check_cleaners(chain, registries.cleaners)  # a typo fails before reading
     return QADataset.from_source(
         spec.source,
         fields=spec.fields,
         limit=spec.limit,
         registries=registries,
         progress=progress,
-    ).clean(spec.cleaners)
+    ).clean(chain)
 
 
 def inspect_data(
@@ -368,8 +408,17 @@ def prepare_data(
     registries: Registries | None = None,
     progress: ProgressReporter | None = None,
 ) -> PreparedData:
-    """Read, clean, split by group and tokenise: the examples a training run uses."""
+    """Read, clean, split by group and tokenise: the examples a training run uses
+    (with ``spec.mix``, every source on its own, then mixed: :func:`prepare_mixed`)."""
     ensure_pad_token(tokenizer)
+    if spec.mix:
+        from lorakit.data.mixing import prepare_mixed
+
+        registries = registries or Registries.from_plugin_manager()
+        check_cleaners(spec.cleaning_chain(), registries.cleaners)
+        for entry in spec.mix:
+            check_cleaners(spec.cleaning_chain(entry.cleaners or ()), registries.cleaners)
+        return prepare_mixed(spec, tokenizer, registries=registries, progress=progress)
     return (
         _cleaned(spec, registries, progress)
         .split(spec.split)

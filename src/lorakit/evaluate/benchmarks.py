@@ -15,7 +15,8 @@ benchmark       source       scored as
 ==============  ===========  =================================================================
 
 A benchmark is named with its location, ``NAME:PATH`` (``medqa:../shared/data/medqa/x.jsonl``;
-``heldout:jsonl:data/test.jsonl``), as ``lorakit eval --bench`` takes it. Benchmarks are
+``heldout:jsonl:data/test.jsonl``), as ``lorakit eval --bench`` takes it; ``NAME`` alone scores
+what ``lorakit data get`` fetched into the data home (:mod:`lorakit.data.get`). Benchmarks are
 registered through the ``lorakit_register_benchmarks`` hook; this module is the built-in plugin
 that registers the five above, exactly as a third party registers its own.
 
@@ -201,14 +202,16 @@ def resolve_benchmark(name: str, registries: Registries | None = None) -> Benchm
 def parse_bench(text: str, registries: Registries | None = None) -> tuple[Benchmark, str]:
     """Split ``NAME:PATH`` into the benchmark and its location.
 
-    ``heldout:jsonl:data/test.jsonl`` gives ``heldout`` and the source URI ``jsonl:...``.
+    ``heldout:jsonl:data/test.jsonl`` gives ``heldout`` and the source URI ``jsonl:...``;
+    ``medqa`` alone gives the file ``lorakit data get medqa`` fetched into the data home.
 
     Args:
-        text: ``NAME:PATH``.
+        text: ``NAME:PATH``, or ``NAME`` of a benchmark ``lorakit data get`` provides.
         registries: where benchmark names are looked up (see :func:`resolve_benchmark`).
 
     Raises:
-        ConfigError: no ``:PATH``, an unknown name, or a ``heldout`` location without a scheme.
+        ConfigError: no ``:PATH`` and no fetched data, an unknown name, or a ``heldout``
+            location without a scheme.
     """
     name, sep, location = text.partition(":")
     try:
@@ -216,16 +219,33 @@ def parse_bench(text: str, registries: Registries | None = None) -> tuple[Benchm
     except ConfigError as exc:
         raise ConfigError(f"{exc.message} in {text!r}", field="bench", hint=exc.hint) from None
     if not sep or not location.strip():
-        example = "jsonl:FILE" if bench.scheme is None else "PATH"
-        raise ConfigError(
-            f"benchmark {bench.name!r} needs a location: write {bench.name}:{example}",
-            field="bench",
-        )
+        location = _fetched_location(bench)
     if bench.scheme is None:
         from lorakit.data.sources import parse_uri
 
         parse_uri(location)
     return bench, location
+
+
+def _fetched_location(bench: Benchmark) -> str:
+    """Where ``lorakit data get`` put the benchmark's file (``--bench medqa`` without a path)."""
+    from lorakit.data.get import data_home, fetched_bench_location
+
+    found, dataset = fetched_bench_location(bench.name)
+    if found is not None:
+        return found
+    example = "jsonl:FILE" if bench.scheme is None else "PATH"
+    if not dataset:
+        raise ConfigError(
+            f"benchmark {bench.name!r} needs a location: write {bench.name}:{example}",
+            field="bench",
+        )
+    raise ConfigError(
+        f"benchmark {bench.name!r} has no path and {data_home() / dataset} holds no download",
+        field="bench",
+        hint=f"run lorakit data get {dataset} (needs the network), or write --bench "
+        f"{bench.name}:{example} for a file you have",
+    )
 
 
 def _read(uri: str, registries: Registries | None) -> list[QARow]:

@@ -180,6 +180,7 @@ def _write_answers(
                 "id": row.id or row.origin,
                 "question": row.question,
                 "reference": row.answer,
+                "category": row.category,
                 "answer": text,
                 "scores": item["scores"],
                 "error": item["error"],

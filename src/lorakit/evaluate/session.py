@@ -30,6 +30,7 @@ from lorakit.evaluate.spec import BenchSpec
 
 if TYPE_CHECKING:
     from lorakit.data.rows import QARow
+    from lorakit.evaluate.grounded import RetrievalResult
     from lorakit.plugins import Registries
     from lorakit.recipe import Recipe
     from lorakit.reporting import ProgressReporter
@@ -45,11 +46,14 @@ class CompareResult:
         base: the base model's result (adapter off).
         adapter: the adapter's result.
         comparison: adapter minus base over the same items.
+        retrieval: with an index, the adapter with retrieved passages in the prompt and its
+            difference from the adapter alone (``None`` without an index).
     """
 
     base: BenchmarkResult
     adapter: BenchmarkResult
     comparison: Comparison
+    retrieval: RetrievalResult | None = None
 
     @property
     def bench(self) -> str:
@@ -57,12 +61,17 @@ class CompareResult:
         return self.adapter.bench
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"base": ..., "adapter": ..., "compare": ...}``, as the run report holds it."""
-        return {
+        """``{"base": ..., "adapter": ..., "compare": ...}``, as the run report holds it, and
+        ``"retrieval"`` (:meth:`RetrievalResult.to_dict
+        <lorakit.evaluate.grounded.RetrievalResult.to_dict>`) with an index."""
+        out = {
             "base": self.base.to_dict(),
             "adapter": self.adapter.to_dict(),
             "compare": self.comparison.to_dict(),
         }
+        if self.retrieval is not None:
+            out["retrieval"] = self.retrieval.to_dict()
+        return out
 
 
 class _Labelled:
@@ -99,8 +108,14 @@ def compare_with_base(
     *,
     progress: ProgressReporter | None = None,
     registries: Registries | None = None,
+    index: Any = None,
+    k: int = 3,
 ) -> list[CompareResult]:
     """Score every benchmark with the adapter off (the base model) and on, and compare.
+
+    With an ``index`` (:func:`lorakit.retrieval.load_index`), the adapter also answers with the
+    ``k`` passages it retrieves for each item in the prompt
+    (:func:`~lorakit.evaluate.grounded.run_with_retrieval`; multiple-choice benchmarks only).
 
     Args:
         model: a PEFT model with its adapter (``disable_adapter()`` gives the base model).
@@ -110,6 +125,8 @@ def compare_with_base(
         progress: a :class:`~lorakit.reporting.ProgressReporter`; one task per side and
             benchmark, labelled ``(base)`` or ``(adapter)``.
         registries: where benchmarks, sources, templates and metrics are looked up.
+        index: a retrieval index, or ``None``.
+        k: passages per item with an index.
 
     Returns:
         One :class:`CompareResult` per benchmark, in order.
@@ -143,7 +160,30 @@ def compare_with_base(
             progress=_labelled(progress, "adapter"),
             registries=registries,
         )
-        out.append(CompareResult(base=base, adapter=adapted, comparison=compare(base, adapted)))
+        retrieval = None
+        if index is not None:
+            from lorakit.evaluate.grounded import run_with_retrieval
+
+            retrieval = run_with_retrieval(
+                model,
+                tokenizer,
+                bench,
+                location,
+                spec,
+                index,
+                k=k,
+                without=adapted,
+                progress=_labelled(progress, "adapter"),
+                registries=registries,
+            )
+        out.append(
+            CompareResult(
+                base=base,
+                adapter=adapted,
+                comparison=compare(base, adapted),
+                retrieval=retrieval,
+            )
+        )
     return out
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "build_prompt",
     "covers",
     "format_passages",
+    "grounded_context",
     "relevance",
     "resolve_citations",
 ]
@@ -89,6 +90,16 @@ def format_passages(hits: Sequence[Hit]) -> str:
             head += f" ({passage.url})"
         blocks.append(f"{head}\n{passage.text.strip()}")
     return "\n\n".join(blocks)
+
+
+def grounded_context(hits: Sequence[Hit], context: str = "") -> str:
+    """The context of a multiple-choice item answered from passages (MedRAG style): the
+    numbered passages of :func:`format_passages` under ``Passages:``, then the item's own
+    ``context`` (a PubMedQA abstract) when it has one. It fills the ``Context:`` line of the
+    multiple-choice prompt, so the prompt ends with ``Answer:`` as ever."""
+    passages = format_passages(hits) if hits else "(no passages)"
+    own = context.strip()
+    return f"Passages:\n\n{passages}" + (f"\n\n{own}" if own else "")
 
 
 def build_prompt(question: str, hits: Sequence[Hit]) -> str:

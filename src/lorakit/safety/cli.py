@@ -105,6 +105,14 @@ def _verdict(v: Any) -> dict[str, Any]:
     help="Threshold: at most this share of held-out benign texts blocked.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--quantize",
+    type=click.Choice(["int8", "none"]),
+    default="int8",
+    show_default=True,
+    help="The embedder the classifier is trained and scored with: int8 linear layers "
+    "(about 2.5 times faster on a CPU) or float32.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the card as JSON.")
 def train_command(
     harmful: tuple[str, ...],
@@ -113,6 +121,7 @@ def train_command(
     holdout: float,
     max_overblock: float,
     seed: int,
+    quantize: str,
     as_json: bool,
 ) -> None:
     """Fit the classifier guard (logistic regression on sentence embeddings) and save it
@@ -126,7 +135,9 @@ def train_command(
     sets += [
         TrainingSet(uri=u, label=0, texts=tuple(p.text for p in read_prompts(u))) for u in benign
     ]
-    model = train_classifier(sets, holdout=holdout, max_overblock=max_overblock, seed=seed)
+    model = train_classifier(
+        sets, holdout=holdout, max_overblock=max_overblock, seed=seed, quantize=quantize
+    )
     folder = model.save(out)
     if as_json:
         click.echo(json.dumps(dict(model.card), indent=2))
@@ -141,28 +152,112 @@ def train_command(
 
 
 @safety_group.command("eval")
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False))
 @click.option(
     "--harmful", "harmful", multiple=True, help="Source URI of harmful requests (repeatable)."
 )
 @click.option("--benign", "benign", multiple=True, help="Source URI of benign texts (repeatable).")
 @click.option("--policy", default="default", show_default=True, help=_POLICY_HELP)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    help="A seeded sample of at most N prompts per source (as SOURCE#N).",
+)
+@click.option(
+    "--model", "model_name", help="Base model id, folder or tiny-phi3 (instead of RUN_DIR)."
+)
+@click.option(
+    "--adapter",
+    type=click.Path(exists=True, file_okay=False),
+    help="LoRA adapter folder (with --model).",
+)
+@click.option(
+    "--template",
+    default="qa",
+    show_default=True,
+    help="Prompt template (with --model; a run uses its own).",
+)
+@click.option(
+    "--quant",
+    type=click.Choice(["nf4", "fp4", "none"]),
+    help="Base weights (default: as the run trained; nf4 with --model).",
+)
+@click.option(
+    "--max-new-tokens",
+    type=click.IntRange(min=1),
+    default=128,
+    show_default=True,
+    help="Longest answer generated (greedy) per prompt.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Prompts generated together.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def eval_command(
-    harmful: tuple[str, ...], benign: tuple[str, ...], policy: str, as_json: bool
+    run_dir: str | None,
+    harmful: tuple[str, ...],
+    benign: tuple[str, ...],
+    policy: str,
+    limit: int | None,
+    model_name: str | None,
+    adapter: str | None,
+    template: str,
+    quant: str | None,
+    max_new_tokens: int,
+    batch_size: int,
+    as_json: bool,
 ) -> None:
     """Block rate on harmful requests and over-block rate on benign texts, with Wilson
-    intervals, per source and per MedSafetyBench category."""
+    intervals, per source and per MedSafetyBench category.
+
+    With a model (RUN_DIR, or --model with an optional --adapter), also the model's own
+    refusal rates without guards, answering greedily with the adapter off (base) and on
+    (after), and the difference with a paired interval."""
+    from lorakit.errors import ConfigError
     from lorakit.safety.evaluate import evaluate_policy, read_prompts
 
+    if run_dir is not None and model_name is not None:
+        raise ConfigError("give a RUN_DIR or --model, not both", field="RUN_DIR")
+    if adapter is not None and model_name is None:
+        raise ConfigError("--adapter needs --model", field="--adapter")
+    if not harmful and not benign:
+        raise ConfigError(
+            "nothing to evaluate: give --harmful and/or --benign sources", field="--harmful"
+        )
     guards = _guards(policy)
-    report = evaluate_policy(
-        guards,
-        harmful=[read_prompts(u) for u in harmful],
-        benign=[read_prompts(u) for u in benign],
-    )
+    harmful_sets = [read_prompts(u, limit=limit) for u in harmful]
+    benign_sets = [read_prompts(u, limit=limit) for u in benign]
+    answerer = None
+    if (
+        run_dir is not None or model_name is not None
+    ):  # a bad run or model fails before the guards run
+        answerer = _answerer(run_dir, model_name, adapter, template, quant, max_new_tokens)
+    report = evaluate_policy(guards, harmful=harmful_sets, benign=benign_sets)
+    refusals = None
+    if answerer is not None:
+        refusals = _model_refusals(
+            answerer,
+            guards=guards,
+            harmful=harmful_sets,
+            benign=benign_sets,
+            batch_size=batch_size,
+            progress=not as_json,
+        )
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        out = report.to_dict()
+        out["model"] = None if refusals is None else refusals.to_dict()
+        click.echo(json.dumps(out, indent=2))
         return
+    _print_policy_report(report)
+    if refusals is not None:
+        _print_refusals(refusals)
+
+
+def _print_policy_report(report: Any) -> None:
     table = Table("set", "n", "blocked", "rate", "95 % interval", title=f"policy {report.policy}")
     rows = [
         *report.by_source.items(),
@@ -175,3 +270,95 @@ def eval_command(
     console = _console()
     console.print(table)
     console.print(f"{report.ms_per_text:.1f} ms per text; block reasons: {report.reasons}")
+
+
+def _answerer(
+    run_dir: str | None,
+    model_name: str | None,
+    adapter: str | None,
+    template: str,
+    quant: str | None,
+    max_new_tokens: int,
+) -> Any:
+    """The model answering without guards: a run's, or --model with --adapter."""
+    from lorakit.answer import Answerer, SamplingSpec
+
+    sampling = SamplingSpec(max_new_tokens=max_new_tokens)
+    if run_dir is not None:
+        return Answerer.from_run_dir(run_dir, quant=quant, sampling=sampling)
+    assert model_name is not None
+    return Answerer.from_model(
+        model_name, adapter, template=template, quant=quant or "nf4", sampling=sampling
+    )
+
+
+def _model_refusals(
+    answerer: Any,
+    *,
+    guards: Any,
+    harmful: list[Any],
+    benign: list[Any],
+    batch_size: int,
+    progress: bool,
+) -> Any:
+    """The model's own refusals (no guards), judged with the policy's classifier."""
+    from lorakit.reporting import progress_for
+    from lorakit.safety.refusal import RefusalJudge, evaluate_refusals
+
+    err = Console(stderr=True, highlight=False)
+    with progress_for(err, enabled=progress and sys.stderr.isatty()) as bars:
+        return evaluate_refusals(
+            answerer,
+            harmful=harmful,
+            benign=benign,
+            judge=RefusalJudge.from_guards(guards),
+            sampling=answerer.sampling,
+            batch_size=batch_size,
+            progress=bars,
+        )
+
+
+def _print_refusals(report: Any) -> None:
+    def cell(rates: Any, what: str) -> str:
+        share = getattr(rates, what) if rates is not None else None
+        if share is None:
+            return "-"
+        return f"{share.rate:.1%} [{share.low:.1%}, {share.high:.1%}]"
+
+    def delta(change: Any, what: str) -> str:
+        result = getattr(change, what) if change is not None else None
+        if result is None:
+            return "-"
+        return (
+            f"{100 * result.delta:+.1f} [{100 * result.ci_low:+.1f}, {100 * result.ci_high:+.1f}]"
+        )
+
+    table = Table(
+        "set",
+        "n",
+        "refused before",
+        "refused after",
+        "change (points)",
+        "harmful answers after",
+        title="the model's own answers, no guards",
+    )
+    rows = [
+        *(("harmful", report.harmful), ("benign", report.benign)),
+        *report.by_source.items(),
+        *((f"harmful category {k}", v) for k, v in report.by_category.items()),
+    ]
+    for name, comparison in rows:
+        if comparison is None:
+            continue
+        table.add_row(
+            name,
+            str(comparison.before.refused.n),
+            cell(comparison.before, "refused"),
+            cell(comparison.after, "refused"),
+            delta(comparison.difference, "refused"),
+            cell(comparison.after or comparison.before, "harmful_answers"),
+        )
+    console = _console()
+    console.print(table)
+    for sentence in report.summary:
+        console.print(sentence)

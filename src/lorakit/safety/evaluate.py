@@ -41,21 +41,26 @@ class Prompt:
     source: str = ""
 
 
-def read_prompts(uri: str, *, registries: Registries | None = None) -> list[Prompt]:
+def read_prompts(
+    uri: str, *, registries: Registries | None = None, limit: int | None = None
+) -> list[Prompt]:
     """The prompts of a source URI: each row's question (see the module docs for ``@COLUMN``,
     ``lines:`` and ``#N``). Duplicates are kept once, in order; empty texts are skipped.
+    ``limit`` keeps a seeded sample of at most that many (as ``#N`` does; the smaller wins).
 
     Raises:
-        ConfigError: an unknown scheme, a bad ``#N``.
+        ConfigError: an unknown scheme, a bad ``#N`` or ``limit``.
         DataError: the source cannot be read, or holds no text.
     """
     from lorakit.data.sources import read_source
 
-    spec, limit = uri, None
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"limit must be at least 1, got {limit!r}", field="--limit")
+    spec, sample = uri, None
     if "#" in uri.rsplit("/", 1)[-1] and uri.rsplit("#", 1)[1].isdigit():
         spec, count = uri.rsplit("#", 1)
-        limit = int(count)
-        if limit < 1:
+        sample = int(count)
+        if sample < 1:
             raise ConfigError(f"#N must be at least 1 in {uri!r}", field="source")
     texts: list[Prompt] = []
     if spec.startswith("lines:"):
@@ -81,8 +86,9 @@ def read_prompts(uri: str, *, registries: Registries | None = None) -> list[Prom
     unique = [p for p in texts if not (p.text in seen or seen.add(p.text))]  # type: ignore[func-returns-value]
     if not unique:
         raise DataError("holds no text to check", file=uri)
-    if limit is not None and limit < len(unique):
-        unique = random.Random(0).sample(unique, limit)
+    keep = min(n for n in (sample, limit, len(unique)) if n is not None)
+    if keep < len(unique):
+        unique = random.Random(0).sample(unique, keep)
     return unique
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from lorakit.data.rows import QARow
 from lorakit.data.sources._uri import checked_fields, parse_uri
 from lorakit.data.sources.generic import read_csv, read_hf, read_jsonl, read_parquet
+from lorakit.data.sources.instructions import read_instructions
 from lorakit.data.sources.medical import (
     PUBMEDQA_OPTIONS,
     read_medmcqa,
@@ -38,6 +39,7 @@ __all__ = [
     "parse_uri",
     "read_csv",
     "read_hf",
+    "read_instructions",
     "read_jsonl",
     "read_medmcqa",
     "read_medqa",
@@ -102,3 +104,4 @@ def lorakit_register_sources(register: Register) -> None:
     register("medqa", read_medqa)
     register("mmlu", read_mmlu)
     register("medsafetybench", read_medsafetybench)
+    register("instructions", read_instructions)
