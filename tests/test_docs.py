@@ -447,6 +447,8 @@ def test_doc_block_runs_as_written(
         exec(compile(text, block.id, "exec"), page_state.namespace)
         return
     skipped = run_console(text, block_plan, page_state, block)
+    for line in skipped:
+        print(f"{block.id}: not run: $ {line}")  # shown with -rP, and on a failure
     if skipped and len(skipped) == len(_commands(text)):
         pytest.skip(f"{block.id}: every command skipped: " + "; ".join(skipped))
 

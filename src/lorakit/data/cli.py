@@ -69,7 +69,8 @@ def get_command(
             check = "verified"
         else:
             check = "UNVERIFIED (no pinned checksum; recorded)"
-        click.echo(f"  {f.path:<32} sha256 {f.sha256}  {check}")
+        what = "(tree digest of the unpacked files)" if f.kind == "tree" else f.path
+        click.echo(f"  {what:<32} sha256 {f.sha256}  {check}")
     click.echo(f"  licence: {m.licence} ({m.licence_url})")
     if m.note:
         click.echo(f"  note: {m.note}")
