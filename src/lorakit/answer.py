@@ -28,7 +28,6 @@ an index or a policy is used.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from lorakit.answer_inputs import load_guards, load_index, read_questions
 from lorakit.decoding import Decoded, SamplingSpec, decode, last_decode_info
 from lorakit.errors import ConfigError
 from lorakit.run_source import RunSource, load_model_and_adapters, quant_spec
@@ -53,7 +53,10 @@ __all__ = [
     "SamplingSpec",
     "decode",
     "last_decode_info",
+    "load_guards",
+    "load_index",
     "load_model_and_adapters",
+    "read_questions",
 ]
 
 ABSTAIN_NO_PASSAGES = (
@@ -647,90 +650,3 @@ class Answerer:
     def describe(self) -> dict[str, Any]:
         """What answers: model, adapter, template, index, policy (recorded with outputs)."""
         return dict(self.description)
-
-
-# --------------------------------------------------------------------------- collaborators
-
-
-def load_index(path: str | Path) -> Any:
-    """The retrieval index in ``path`` (:func:`lorakit.retrieval.load_index`).
-
-    Raises:
-        ConfigError: retrieval is not available in this installation.
-    """
-    try:
-        from lorakit.retrieval import load_index as _load
-    except ImportError as exc:
-        raise ConfigError(
-            f"retrieval is not available: {exc}",
-            field="--index",
-            hint="install lorakit[retrieval]",
-        ) from None
-    return _load(path)
-
-
-def load_guards(policy: str | None, registries: Any = None) -> Any:
-    """The guard set of ``policy`` (:func:`lorakit.safety.load_policy`; ``"default"``: the
-    default policy).
-
-    Raises:
-        ConfigError: safety is not available in this installation.
-    """
-    try:
-        from lorakit.safety import load_policy
-    except ImportError as exc:
-        raise ConfigError(
-            f"the safety guards are not available: {exc}",
-            field="--policy",
-            hint="install lorakit[safety]",
-        ) from None
-    return load_policy(None if policy in (None, "default") else policy, registries=registries)
-
-
-def read_questions(path: str | Path) -> list[dict[str, Any]]:
-    """Questions from a JSON-lines file (``{"question": ...}``, optional ``"id"``) or a text
-    file of one question a line. Every row gets an ``id`` (its line number when it has none).
-
-    Raises:
-        DataError: unreadable file, bad JSON, or a row without a question (names the line).
-    """
-    from lorakit.errors import DataError
-
-    file = Path(path)
-    try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read the questions: {exc}", file=str(file)) from None
-    rows: list[dict[str, Any]] = []
-    jsonl = file.suffix in (".jsonl", ".json") or any(
-        line.lstrip().startswith("{") for line in lines[:1]
-    )
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        if not jsonl:
-            rows.append({"id": str(number), "question": line.strip()})
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise DataError(f"not JSON: {exc}", file=str(file), line=number) from None
-        if not isinstance(row, dict):
-            raise DataError("a line must be a JSON object", file=str(file), line=number)
-        question = row.get("question")
-        if not isinstance(question, str) or not question.strip():
-            raise DataError(
-                "no question (a non-empty text)",
-                file=str(file),
-                line=number,
-                field="question",
-                hint='each line: {"id": "...", "question": "..."}',
-            )
-        row_id = row.get("id", str(number))
-        rows.append({**row, "id": str(row_id)})
-    seen: set[str] = set()
-    for row in rows:
-        if row["id"] in seen:
-            raise DataError(f"duplicate id {row['id']!r}", file=str(file), field="id")
-        seen.add(row["id"])
-    return rows

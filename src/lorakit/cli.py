@@ -21,9 +21,13 @@ DEFAULT_TOKENIZER = "microsoft/Phi-3-mini-4k-instruct"
 TINY_TOKENIZER = "tiny-phi3"
 
 
-def _console(err: bool = False) -> Console:
+def console_for(err: bool = False) -> Console:
+    """The console commands print to: stdout, or stderr with ``err=True``."""
     # Errors stay on one line (soft wrap) so that logs and tests see exactly one line.
     return Console(stderr=err, highlight=False, soft_wrap=err)
+
+
+_console = console_for
 
 
 class LorakitGroup(click.Group):
@@ -135,13 +139,16 @@ def presets_command(as_json: bool) -> None:
     )
 
 
-def _recipe(preset_or_file: str, assignments: tuple[str, ...]) -> Any:
+def recipe_from_args(preset_or_file: str, assignments: tuple[str, ...]) -> Any:
     """A preset, recipe file (TOML, YAML, JSON) or run directory, with ``--set`` changes."""
     from lorakit.overrides import parse_assignment
     from lorakit.recipe_files import load_recipe
 
     recipe = load_recipe(preset_or_file, _presets())
     return recipe.with_overrides(dict(parse_assignment(text) for text in assignments))
+
+
+_recipe = recipe_from_args
 
 
 @main.command("train")

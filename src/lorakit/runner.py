@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
-import json
 import shutil
 import time
 from collections.abc import Iterator, Mapping
@@ -34,7 +32,14 @@ from lorakit._fs import (
 from lorakit._output import run_log
 from lorakit.distributed import World
 from lorakit.errors import ConfigError, LorakitError
-from lorakit.train import RunInterrupted, StopRequest
+from lorakit.run_phases_report import (
+    build_report,
+    data_hash,
+    run_cost,
+    template_hash,
+    verify_best_checkpoint,
+)
+from lorakit.run_phases_train import TrainOutcome, train
 
 if TYPE_CHECKING:
     from lorakit.data.pipeline import PreparedData
@@ -42,8 +47,7 @@ if TYPE_CHECKING:
     from lorakit.plugins import Registries
     from lorakit.recipe import Recipe, RunResult
     from lorakit.reporting import ProgressReporter
-    from lorakit.run_report import RunCost, RunReport
-    from lorakit.train import TokenCounter, TrainingSpec
+    from lorakit.train import TrainingSpec
 
 __all__ = [
     "DryRunReport",
@@ -51,7 +55,9 @@ __all__ = [
     "RunContext",
     "RunData",
     "TrainOutcome",
+    "build_report",
     "build_trainer",
+    "data_hash",
     "dry_run",
     "eval_before",
     "evaluate",
@@ -59,10 +65,13 @@ __all__ = [
     "open_run",
     "preflight",
     "prepare_run_data",
+    "run_cost",
     "run_recipe",
     "save_adapter",
     "setup_model",
+    "template_hash",
     "train",
+    "verify_best_checkpoint",
 ]
 
 
@@ -451,7 +460,8 @@ def build_trainer(
 ) -> Any:
     """The ``Trainer`` of the run, with the metrics log, progress, plugins' callbacks and
     ``callbacks``."""
-    from lorakit.train import TrainerFactory, metrics_callback, progress_callback
+    from lorakit.train import TrainerFactory
+    from lorakit.train_callbacks import metrics_callback, progress_callback
 
     recipe, pm = ctx.recipe, ctx.plugin_manager
 
@@ -509,149 +519,6 @@ def _eval_before(ctx: RunContext, model: Any, eval_examples: list[Any]) -> dict[
         ).to_dict()
     write_json_atomic(path, before)
     return before
-
-
-@attrs.frozen(kw_only=True)
-class TrainOutcome:
-    """What training left: where it resumed from, the optimizer steps of the whole run,
-    the best checkpoint and its eval loss, and the tokens counted."""
-
-    resumed_from: str | None
-    steps: int
-    best_checkpoint: str | None
-    best_metric: float | None
-    counter: TokenCounter
-    peak_gpu_gib_by_rank: tuple[float, ...] | None = None
-
-
-def train(ctx: RunContext, trainer: Any) -> TrainOutcome:
-    """Train, resuming from the latest complete checkpoint of an unfinished run.
-
-    A run stopped after its final checkpoint is not trained further: its best adapter is
-    loaded and its trainer state read back.
-    """
-    from lorakit.checkpoints import CHECKPOINT_MARKER, latest_checkpoint
-
-    folder = ctx.run_dir / "checkpoints"
-    resume_from = ctx.world.on_main(lambda: _resume_point(ctx, folder))
-    if resume_from is not None:
-        marker = read_json_object(resume_from / CHECKPOINT_MARKER, "the checkpoint record")
-        trainer.lorakit_counter.tokens = int(marker.get("tokens", 0))
-        if _finished(resume_from):
-            _restore_finished(trainer, resume_from)
-            return _outcome(ctx, trainer, resume_from)
-    stop = StopRequest()
-    if ctx.world.distributed:  # before the stop callback: a stop on any rank stops every rank
-        trainer.add_callback(ctx.world.step_sync(stop, trainer.lorakit_counter))
-    trainer.add_callback(stop.callback())
-    with ctx.phase("train"), _stop_on_ctrl_c(ctx, stop):
-        try:
-            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        except (OSError, RuntimeError, ValueError, KeyError) as error:
-            if resume_from is None or isinstance(error, LorakitError):
-                raise
-            raise LorakitError(
-                f"cannot resume from {resume_from.name}: {error}",
-                file=str(resume_from),
-                hint="a file in it was changed or damaged: remove that checkpoint folder to "
-                "resume from the one before, or start a new --run-dir",
-            ) from None
-    if stop.requested:
-        latest = latest_checkpoint(folder)
-        raise RunInterrupted(trainer.state.global_step, latest.name if latest else None)
-    return _outcome(ctx, trainer, resume_from)
-
-
-def _resume_point(ctx: RunContext, folder: Path) -> Path | None:
-    """The latest complete checkpoint of an unfinished run; the metrics logged and the
-    checkpoints begun after it are removed (they are logged and saved again)."""
-    from lorakit.checkpoints import checkpoint_step, keep_metrics_until, latest_checkpoint
-
-    if not ctx.resuming:
-        return None
-    resume_from = latest_checkpoint(folder)
-    finished = resume_from is not None and _finished(resume_from)
-    # Records logged after the checkpoint (all, without one) are logged again now.
-    step = checkpoint_step(resume_from) if resume_from is not None else 0
-    keep_metrics_until(ctx.run_dir / "metrics.jsonl", step, summaries=finished)
-    _remove_incomplete_checkpoints(ctx, folder, after=step)
-    return resume_from
-
-
-@contextlib.contextmanager
-def _stop_on_ctrl_c(ctx: RunContext, stop: StopRequest) -> Iterator[None]:
-    """The first Ctrl-C stops training at the next step with a checkpoint; the second now."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handle(signum: int, frame: Any) -> None:
-        if stop.requested:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            raise KeyboardInterrupt
-        stop.request()
-        ctx.console.print(
-            "[yellow]stopping after this step with a checkpoint (Ctrl-C again to stop now)[/]"
-        )
-
-    previous = signal.signal(signal.SIGINT, handle)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _outcome(ctx: RunContext, trainer: Any, resume_from: Path | None) -> TrainOutcome:
-    state = trainer.state
-    return TrainOutcome(
-        resumed_from=None if resume_from is None else resume_from.name,
-        steps=state.global_step,
-        best_checkpoint=state.best_model_checkpoint,
-        best_metric=state.best_metric,
-        counter=trainer.lorakit_counter,
-        peak_gpu_gib_by_rank=ctx.world.peak_memory_gib(),
-    )
-
-
-def _finished(checkpoint: Path) -> bool:
-    state = read_json_object(checkpoint / "trainer_state.json", "the checkpoint's trainer state")
-    steps, done = state.get("max_steps"), state.get("global_step")
-    return isinstance(steps, int) and isinstance(done, int) and steps > 0 and done >= steps
-
-
-def _restore_finished(trainer: Any, checkpoint: Path) -> None:
-    """The state of a run that finished training: its trainer state and best adapter."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-    from transformers import TrainerState
-
-    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
-    chosen = trainer.state.best_model_checkpoint if trainer.args.load_best_model_at_end else None
-    source = Path(chosen) if chosen else checkpoint
-    weights = source / "adapter_model.safetensors"
-    try:
-        state = load_file(str(weights))
-    except (OSError, ValueError) as error:
-        raise LorakitError(
-            f"cannot read the adapter weights: {error}",
-            file=str(weights),
-            hint="remove that checkpoint folder to resume from the one before",
-        ) from None
-    set_peft_model_state_dict(trainer.model, state)
-
-
-def _remove_incomplete_checkpoints(ctx: RunContext, folder: Path, *, after: int) -> None:
-    from lorakit.checkpoints import checkpoint_step, is_complete
-
-    if not folder.is_dir():
-        return
-    for path in sorted(folder.glob("checkpoint-*")):
-        if checkpoint_step(path) > after or not is_complete(path):
-            shutil.rmtree(path, ignore_errors=True)
-            ctx.note(f"removed the incomplete checkpoint {path.name} (its save was cut short)")
 
 
 def evaluate(
@@ -735,159 +602,3 @@ def evaluate_benchmarks(ctx: RunContext, setup: ModelSetup, data: RunData) -> di
             progress=progress,
             registries=ctx.registries,
         )
-
-
-def build_report(
-    ctx: RunContext,
-    loaded: LoadedModel,
-    setup: ModelSetup,
-    data: RunData,
-    before: Mapping[str, Any],
-    outcome: TrainOutcome,
-    results: Mapping[str, Any],
-    benchmarks: Mapping[str, Any] | None,
-) -> RunReport:
-    """The typed report of the finished run."""
-    from lorakit.recipe import versions
-    from lorakit.run_report import EvalSummary, RunReport, TrainSummary
-
-    records = _read_metrics(ctx.run_dir / "metrics.jsonl")
-    after = results["after"]
-    data_report = data.prepared.report.to_dict()
-    return RunReport(
-        status="complete",
-        recipe=ctx.recipe.name,
-        run_dir=str(ctx.run_dir),
-        started=ctx.started.isoformat(timespec="seconds"),
-        finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        resumed_from=outcome.resumed_from,
-        steps=outcome.steps,
-        train=TrainSummary.from_records(records, len(data.prepared.examples["train"])),
-        eval=EvalSummary(
-            loss_before=before["loss"],
-            perplexity_before=before["perplexity"],
-            loss=after["loss"],
-            perplexity=after["perplexity"],
-            tokens=after["tokens"],
-        ),
-        test=results["test"],
-        eval_by_source=results.get("by_source"),
-        benchmarks=benchmarks,
-        best=results["best"],
-        adapter={
-            "path": str(ctx.run_dir / "adapter"),
-            "targets": list(setup.targets),
-            "trainable_parameters": sum(
-                p.numel() for p in setup.model.parameters() if p.requires_grad
-            ),
-        },
-        data={
-            k: data_report[k] for k in ("rows_read", "rows_kept", "kind", "dropped", "split", "mix")
-        },
-        cost=run_cost(ctx, outcome.counter, outcome.peak_gpu_gib_by_rank),
-        notes=tuple(ctx.notes),
-        run_card={
-            "versions": versions(),
-            "device": loaded.device,
-            "compute_dtype": loaded.compute_dtype,
-            "data_hash": data.digest,
-            "template_hash": template_hash(loaded.tokenizer, ctx.recipe),
-        },
-    )
-
-
-def run_cost(
-    ctx: RunContext,
-    counter: TokenCounter | None,
-    peak_by_rank: tuple[float, ...] | None = None,
-) -> RunCost:
-    """Tokens, throughput, wall time per phase, the device and its peak memory; with
-    several processes, their number and each one's peak GPU memory while training."""
-    import torch
-
-    from lorakit.run_report import RunCost
-
-    gib = 2**30
-    cuda = torch.cuda.is_available()
-    wall = {k: round(v, 3) for k, v in ctx.wall_s.items()}
-    wall["total"] = round((dt.datetime.now(dt.timezone.utc) - ctx.started).total_seconds(), 3)
-    rate = counter.rate() if counter is not None else None
-    return RunCost(
-        tokens_trained=counter.tokens if counter is not None else 0,
-        tokens_per_s=round(rate, 1) if rate is not None else None,
-        wall_s=wall,
-        device=torch.cuda.get_device_name() if cuda else "cpu",
-        peak_gpu_allocated_gib=round(torch.cuda.max_memory_allocated() / gib, 3) if cuda else None,
-        peak_gpu_reserved_gib=round(torch.cuda.max_memory_reserved() / gib, 3) if cuda else None,
-        world_size=ctx.world.size,
-        peak_gpu_allocated_gib_by_rank=peak_by_rank if ctx.world.distributed else None,
-    )
-
-
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    records = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
-    return records
-
-
-def verify_best_checkpoint(outcome: TrainOutcome, model: Any) -> dict[str, Any]:
-    """Check that the adapter in memory equals the best checkpoint's adapter, bit for bit."""
-    import torch
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    from lorakit.checkpoints import checkpoint_step
-
-    best_dir = outcome.best_checkpoint
-    if best_dir is None:
-        raise LorakitError(
-            "training kept no best checkpoint", hint="set training.eval_steps below the run's steps"
-        )
-    saved = load_file(str(Path(best_dir) / "adapter_model.safetensors"))
-    current = {k: v.detach().cpu() for k, v in get_peft_model_state_dict(model).items()}
-    mismatched = [
-        k
-        for k, v in saved.items()
-        if k not in current or not torch.equal(current[k].to(v.dtype), v)
-    ]
-    if mismatched or len(saved) != len(current):
-        raise LorakitError(
-            f"the adapter in memory differs from the best checkpoint {best_dir} in {len(mismatched)} tensors",
-            hint="this is a bug in checkpoint loading; the checkpoints are intact on disk",
-        )
-    return {
-        "checkpoint": Path(best_dir).name,
-        "step": checkpoint_step(best_dir),
-        "eval_loss": outcome.best_metric,
-        "verified": True,
-        "tensors_compared": len(saved),
-    }
-
-
-def data_hash(examples: Mapping[str, list[Any]]) -> str:
-    """SHA-256 over the token ids and labels of every split, in order."""
-    digest = hashlib.sha256()
-    for name in sorted(examples):
-        digest.update(name.encode())
-        for example in examples[name]:
-            digest.update(json.dumps([example.input_ids, example.labels]).encode())
-    return digest.hexdigest()
-
-
-def template_hash(tokenizer: Any, recipe: Recipe) -> str:
-    """SHA-256 over the tokenizer's chat template and the recipe's template settings."""
-    text = json.dumps(
-        {
-            "chat_template": getattr(tokenizer, "chat_template", None),
-            "template": recipe.data.template,
-            "options": dict(recipe.data.template_options),
-        },
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(text.encode()).hexdigest()

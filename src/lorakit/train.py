@@ -5,11 +5,10 @@ checkpoint is the one loaded at the end."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -17,8 +16,13 @@ import attrs
 
 from lorakit._validators import number, one_of
 from lorakit.errors import ConfigError, LorakitError
+from lorakit.train_callbacks import bookkeeping_callback, metrics_callback, progress_callback
+from lorakit.train_data import REAL_TOKENS, ExampleDataset, PackedDataset, QACollator, TokenCounter
 
 __all__ = [
+    "REAL_TOKENS",
+    "ExampleDataset",
+    "PackedDataset",
     "QACollator",
     "RunInterrupted",
     "StopRequest",
@@ -27,6 +31,8 @@ __all__ = [
     "TrainingDiverged",
     "TrainingSpec",
     "effective_warmup",
+    "metrics_callback",
+    "progress_callback",
     "total_steps",
 ]
 
@@ -245,151 +251,6 @@ def effective_warmup(args: TrainingSpec, steps: int) -> int:
     return min(args.warmup_steps, int(args.max_warmup_fraction * steps))
 
 
-class QACollator:
-    """Pads a batch on the right: input ids with ``pad_id``, labels with -100, attention mask 0.
-
-    Packed rows (features with ``position_ids``) get no attention mask: their padding is
-    one more segment whose positions restart at 0, so no real token attends to it. They
-    also carry the example boundaries (``cu_seq_lens_q``, ``max_length_q``) that
-    variable-length attention reads.
-    """
-
-    def __init__(
-        self,
-        pad_id: int,
-        *,
-        pad_to_multiple_of: int | None = None,
-        max_len: int | None = None,
-        packed_length: int | None = None,
-        count_tokens: bool = False,
-    ) -> None:
-        self.pad_id = pad_id
-        self.multiple = pad_to_multiple_of
-        self.max_len = max_len
-        self.packed_length = packed_length
-        self.count_tokens = count_tokens
-
-    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        import torch
-
-        packed = "position_ids" in features[0]
-        lengths = [len(f["input_ids"]) for f in features]
-        longest = max(lengths)
-        if packed and self.packed_length is not None:
-            # One shape for every packed row: kernels and compiled attention are built once.
-            longest = max(longest, self.packed_length)
-        elif self.multiple:
-            rounded = math.ceil(longest / self.multiple) * self.multiple
-            # Unpacked rows are not padded beyond max_len by the rounding.
-            cap = None if packed or self.max_len is None else max(self.max_len, longest)
-            longest = rounded if cap is None else min(rounded, cap)
-        ids = torch.full((len(features), longest), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(features), longest), -100, dtype=torch.long)
-        extra = torch.zeros((len(features), longest), dtype=torch.long)
-        for i, (f, n) in enumerate(zip(features, lengths, strict=True)):
-            ids[i, :n] = torch.as_tensor(f["input_ids"], dtype=torch.long)
-            labels[i, :n] = torch.as_tensor(f["labels"], dtype=torch.long)
-            if packed:  # positions restart per example; the padding is one more segment
-                extra[i, :n] = torch.as_tensor(f["position_ids"], dtype=torch.long)
-                extra[i, n:] = torch.arange(longest - n)
-            else:  # attention mask
-                extra[i, :n] = 1
-        batch: dict[str, Any]
-        if not packed:
-            batch = {"input_ids": ids, "labels": labels, "attention_mask": extra}
-        else:
-            from lorakit.attention import cu_seq_lens
-
-            # Example boundaries for variable-length attention, computed once per batch here
-            # rather than in every layer (other attention implementations ignore them).
-            bounds, widest = cu_seq_lens(extra)
-            batch = {
-                "input_ids": ids,
-                "labels": labels,
-                "position_ids": extra,
-                "cu_seq_lens_q": bounds,
-                "cu_seq_lens_k": bounds,
-                "max_length_q": widest,
-                "max_length_k": widest,
-            }
-        if self.count_tokens:  # taken out again before the model sees the batch
-            batch[REAL_TOKENS] = sum(lengths)
-        return batch
-
-
-REAL_TOKENS = "lorakit_real_tokens"
-"""The batch key under which a counting :class:`QACollator` passes the batch's real tokens."""
-
-
-@attrs.define
-class TokenCounter:
-    """Real (non-padding) tokens trained, over the whole run and in this process."""
-
-    tokens: int = 0
-    session_tokens: int = 0
-    started: float | None = None
-    seconds: float = 0.0
-
-    def add(self, tokens: int) -> None:
-        if self.started is None:
-            self.started = time.perf_counter()
-        self.tokens += tokens
-        self.session_tokens += tokens
-
-    def stop(self) -> None:
-        """End this process's training time."""
-        if self.started is not None:
-            self.seconds += time.perf_counter() - self.started
-            self.started = None
-
-    def rate(self) -> float | None:
-        """Tokens per second trained by this process so far."""
-        elapsed = self.seconds + (
-            time.perf_counter() - self.started if self.started is not None else 0.0
-        )
-        return self.session_tokens / elapsed if elapsed > 0 and self.session_tokens else None
-
-
-class ExampleDataset:
-    """A map-style dataset over tokenised examples (``input_ids``, ``labels``)."""
-
-    def __init__(self, examples: Sequence[Any]) -> None:
-        self.examples = examples
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, index: int) -> dict[str, list[int]]:
-        example = self.examples[index]
-        return {"input_ids": list(example.input_ids), "labels": list(example.labels)}
-
-    def lengths(self) -> list[int]:
-        """Tokens of every item (what length-aware orders sort by)."""
-        return [len(e.input_ids) for e in self.examples]
-
-
-class PackedDataset:
-    """Examples packed into rows of at most ``capacity`` tokens (see :mod:`lorakit.data.packing`)."""
-
-    def __init__(self, examples: Sequence[Any], capacity: int, *, seed: int = 0) -> None:
-        from lorakit.data.packing import pack_examples
-
-        self.examples = examples
-        self.rows = pack_examples([len(e.input_ids) for e in examples], capacity, seed=seed)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> dict[str, list[int]]:
-        from lorakit.data.packing import packed_row
-
-        return packed_row([self.examples[i] for i in self.rows[index]])
-
-    def lengths(self) -> list[int]:
-        """Per packed row, the tokens of its longest example (what length-aware orders sort by)."""
-        return [max(len(self.examples[i].input_ids) for i in row) for row in self.rows]
-
-
 def resolve_optimizer(name: str) -> tuple[str, str | None]:
     """The optimizer to use and a warning when it is not the one asked for."""
     if "8bit" in name or name.startswith("paged"):
@@ -555,7 +416,7 @@ class TrainerFactory:
             packed_length=packed_length,
             count_tokens=True,
         )
-        callbacks.append(_bookkeeping_callback(self.counter))
+        callbacks.append(bookkeeping_callback(self.counter))
         trainer_cls = _trainer_class()
         from transformers import PrinterCallback
 
@@ -696,144 +557,3 @@ def _trainer_class() -> type:
             return loss
 
     return LorakitTrainer
-
-
-def _bookkeeping_callback(counter: TokenCounter) -> Any:
-    """Times this process's training and marks each checkpoint complete once it is saved."""
-    from transformers import TrainerCallback
-
-    class Bookkeeping(TrainerCallback):
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            counter.started = time.perf_counter()
-
-        def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            counter.stop()
-
-        def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            from lorakit.distributed import World
-
-            World.from_env().barrier()  # every rank's files (its RNG state) are written
-            if state.is_world_process_zero:
-                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                from lorakit.checkpoints import mark_checkpoint_complete
-
-                mark_checkpoint_complete(folder, tokens=counter.tokens)
-
-    return Bookkeeping()
-
-
-def metrics_callback(
-    path: Path,
-    on_log: Callable[[dict[str, Any], int], None] | None = None,
-    counter: TokenCounter | None = None,
-) -> Any:
-    """A callback appending every log line (loss, eval loss, learning rate) to ``metrics.jsonl``.
-
-    With ``counter``, each training-loss record also gets the real tokens trained so far
-    (``tokens``) and this process's training throughput (``tokens_per_s``).
-    """
-    from transformers import TrainerCallback
-
-    class MetricsLog(TrainerCallback):
-        def on_log(
-            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
-        ) -> None:
-            if not logs or not state.is_world_process_zero:
-                return
-            record = {"step": state.global_step, "epoch": state.epoch, **logs}
-            if counter is not None and "loss" in logs:
-                rate = counter.rate()
-                record["tokens"] = counter.tokens
-                record["tokens_per_s"] = round(rate, 1) if rate is not None else None
-            with path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
-            if on_log is not None:
-                on_log(record, state.global_step)
-
-    return MetricsLog()
-
-
-def progress_callback(console: Any | None = None) -> Any:
-    """Rich progress bar over optimizer steps with a live loss / eval-loss line.
-
-    Without a terminal (a log file, CI), one plain line per logged record instead:
-    ``step 10/60 · loss 8.1736 · lr 8.64e-03``. On a narrow terminal the time-left column is
-    dropped and the loss line shortened, so nothing is clipped at 80 columns.
-    """
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from transformers import TrainerCallback
-
-    out = console or Console(stderr=True)
-
-    def describe(logs: dict[str, Any], short: bool) -> str:
-        parts = []
-        if "loss" in logs:
-            parts.append(f"loss {logs['loss']:.4f}")
-        if "eval_loss" in logs:
-            parts.append(
-                f"eval {logs['eval_loss']:.4f}" if short else f"eval loss {logs['eval_loss']:.4f}"
-            )
-        if "learning_rate" in logs and not short:
-            parts.append(f"lr {logs['learning_rate']:.2e}")
-        return " · ".join(parts)
-
-    class RichTraining(TrainerCallback):
-        def __init__(self) -> None:
-            self.progress: Progress | None = None
-            self.task: Any = None
-            self.line = ""
-            self.narrow = out.width < 100
-
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            if not state.is_world_process_zero or not out.is_terminal:
-                return
-            columns: list[Any] = [
-                TextColumn("[bold]training"),
-                BarColumn(bar_width=12 if self.narrow else None),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-            ]
-            if not self.narrow:
-                columns.append(TimeRemainingColumn())
-            columns.append(TextColumn("{task.fields[line]}"))
-            self.progress = Progress(*columns, console=out)
-            self.progress.start()
-            self.task = self.progress.add_task(
-                "train", total=state.max_steps, completed=state.global_step, line=""
-            )
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            if self.progress is not None:
-                self.progress.update(self.task, completed=state.global_step, line=self.line)
-
-        def on_log(
-            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
-        ) -> None:
-            if not logs or not state.is_world_process_zero:
-                return
-            if self.progress is None:  # no terminal: one plain line per record
-                line = describe(logs, short=False)
-                if line:
-                    out.print(
-                        f"step {state.global_step}/{state.max_steps} · {line}", highlight=False
-                    )
-                return
-            line = describe(logs, short=self.narrow)
-            if line:
-                self.line = line
-                self.progress.update(self.task, line=self.line)
-
-        def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            if self.progress is not None:
-                self.progress.stop()
-                self.progress = None
-
-    return RichTraining()

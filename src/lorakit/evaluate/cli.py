@@ -145,11 +145,7 @@ def eval_command(
     With RUN_DIR, the base model, quantisation, adapter and template come from the run;
     --split scores the run's own held-out split.
     """
-    from lorakit.evaluate.benchmarks import run_benchmark
-    from lorakit.evaluate.session import compare_with_base
     from lorakit.evaluate.spec import BenchSpec
-    from lorakit.plugins import Registries, make_plugin_manager
-    from lorakit.reporting import progress_for
 
     options: dict[str, Any] = {}
     if run_dir is not None:
@@ -163,43 +159,17 @@ def eval_command(
             field="--bench",
             hint="give --bench NAME:PATH or, with RUN_DIR, --split test",
         )
-    if split is not None and index_dir is not None:
+    if split is not None:
         if run_dir is None:
             raise ConfigError("--split needs a RUN_DIR", field="--split")
-        from lorakit.evaluate.grounded import GroundedSplitSpec
-
-        _eval_split_index(
+        _score_run_split(
             Path(run_dir),
             (model_name, adapter, quant, template, options.get("template_options", {})),
-            GroundedSplitSpec(
-                split=split,
-                metrics=text_metrics or ("token_f1",),
-                compare=compare,
-                limit=limit,
-                max_new_tokens=max_new_tokens,
-                batch_size=batch_size,
-                k=k,
-            ),
-            index_dir,
-            as_json,
-            no_progress,
-        )
-        if not benches:
-            return
-    elif split is not None:
-        if run_dir is None:
-            raise ConfigError("--split needs a RUN_DIR", field="--split")
-        _eval_split(
-            Path(run_dir),
-            model_name,
-            adapter,
-            quant,
             split,
             text_metrics,
             compare,
-            limit,
-            max_new_tokens,
-            batch_size,
+            (limit, max_new_tokens, batch_size, k),
+            index_dir,
             as_json,
             no_progress,
         )
@@ -218,51 +188,145 @@ def eval_command(
         template=template,
         **options,
     )
+    _score_benches(
+        (model_name, adapter, quant), benches, spec, compare, index_dir, k, as_json, no_progress
+    )
+
+
+def _score_run_split(
+    run_dir: Path,
+    model: tuple[str, str | None, str, str, Any],
+    split: str,
+    text_metrics: tuple[str, ...],
+    compare: bool,
+    sizes: tuple[int | None, int, int, int],
+    index_dir: str | None,
+    as_json: bool,
+    no_progress: bool,
+) -> None:
+    """``--split``: the run's own held-out split, through the answer path when given ``--index``.
+
+    ``model`` is (name, adapter, quant, template, template options); ``sizes`` is
+    (limit, max new tokens, batch size, k).
+    """
+    limit, max_new_tokens, batch_size, k = sizes
+    if index_dir is not None:
+        from lorakit.evaluate.grounded import GroundedSplitSpec
+
+        _eval_split_index(
+            run_dir,
+            model,
+            GroundedSplitSpec(
+                split=split,
+                metrics=text_metrics or ("token_f1",),
+                compare=compare,
+                limit=limit,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                k=k,
+            ),
+            index_dir,
+            as_json,
+            no_progress,
+        )
+        return
+    model_name, adapter, quant, _template, _template_options = model
+    _eval_split(
+        run_dir,
+        model_name,
+        adapter,
+        quant,
+        split,
+        text_metrics,
+        compare,
+        limit,
+        max_new_tokens,
+        batch_size,
+        as_json,
+        no_progress,
+    )
+
+
+def _score_benches(
+    model: tuple[str, str | None, str],
+    benches: tuple[str, ...],
+    spec: Any,
+    compare: bool,
+    index_dir: str | None,
+    k: int,
+    as_json: bool,
+    no_progress: bool,
+) -> None:
+    """``--bench``: check everything, load the model (name, adapter, quant), score and print."""
+    from lorakit.plugins import Registries, make_plugin_manager
+    from lorakit.reporting import progress_for
+
+    model_name, adapter, quant = model
     pm = make_plugin_manager()
     registries = Registries.from_plugin_manager(pm)
     parsed = _eval_preflight(benches, spec, adapter, model_name, registries)
     index = None
     if index_dir is not None:  # a bad index fails before the model loads
         from lorakit.answer import load_index
-        from lorakit.evaluate.grounded import check_retrieval_benches, run_with_retrieval
+        from lorakit.evaluate.grounded import check_retrieval_benches
 
         check_retrieval_benches(parsed)
         index = load_index(index_dir)
         compare = compare or adapter is not None  # base, adapter, adapter + index
-    model, tokenizer = _eval_model(model_name, adapter, quant, pm)
-    compared: list[Any] = []
+    loaded, tokenizer = _eval_model(model_name, adapter, quant, pm)
     with progress_for(_console(err=True), not no_progress and not as_json) as progress:
-        if compare:
-            compared = compare_with_base(
-                model,
-                tokenizer,
-                parsed,
-                spec,
-                progress=progress,
-                registries=registries,
-                index=index,
-                k=k,
-            )
-            results = [c.adapter for c in compared]
-            retrieved = [c.retrieval for c in compared if c.retrieval is not None]
-        else:
-            results = [
-                run_benchmark(
-                    model, tokenizer, b, loc, spec, progress=progress, registries=registries
-                )
-                for b, loc in parsed
-            ]
-            retrieved = [
-                run_with_retrieval(
-                    model, tokenizer, b, loc, spec, index, k=k, without=r, progress=progress
-                )
-                for (b, loc), r in zip(parsed, results, strict=True)
-                if index is not None
-            ]
+        results, compared, retrieved = _run_benches(
+            (loaded, tokenizer), parsed, spec, compare, registries, index, k, progress
+        )
     if as_json:
         _echo_eval_json(model_name, adapter, results, compared, retrieved)
     else:
         _print_eval(model_name, adapter, results, compared, retrieved)
+
+
+def _run_benches(
+    model: tuple[Any, Any],
+    parsed: list[Any],
+    spec: Any,
+    compare: bool,
+    registries: Any,
+    index: Any,
+    k: int,
+    progress: Any,
+) -> tuple[list[Any], list[Any], list[Any]]:
+    """Results, comparisons with the base and ``+ index`` results of every benchmark."""
+    from lorakit.evaluate.benchmarks import run_benchmark
+    from lorakit.evaluate.session import compare_with_base
+
+    loaded, tokenizer = model
+    if compare:
+        compared = compare_with_base(
+            loaded,
+            tokenizer,
+            parsed,
+            spec,
+            progress=progress,
+            registries=registries,
+            index=index,
+            k=k,
+        )
+        with_index = [c.retrieval for c in compared if c.retrieval is not None]
+        return [c.adapter for c in compared], compared, with_index
+    results = [
+        run_benchmark(loaded, tokenizer, b, loc, spec, progress=progress, registries=registries)
+        for b, loc in parsed
+    ]
+    retrieved: list[Any] = []
+    if index is not None:
+        from lorakit.evaluate.grounded import run_with_retrieval
+
+        retrieved = [
+            run_with_retrieval(
+                loaded, tokenizer, b, loc, spec, index, k=k, without=r, progress=progress
+            )
+            for (b, loc), r in zip(parsed, results, strict=True)
+        ]
+    return results, [], retrieved
 
 
 def _from_run(

@@ -35,6 +35,7 @@ __all__ = [
 ]
 
 _BATCH = 64
+_EVAL_MODES: tuple[Mode, ...] = ("lexical", "dense", "fused")
 
 
 @attrs.frozen
@@ -125,10 +126,6 @@ def evaluate_retrieval(
         ConfigError: no k, or a k below 1.
         DataError: no question has its gold document in the index.
     """
-    import numpy as np
-
-    from lorakit.evaluate.stats import bootstrap_means, wilson_interval
-
     ks = sorted(set(ks))
     if not ks or ks[0] < 1:
         raise ConfigError(f"ks must be whole numbers of at least 1, got {ks!r}", field="k")
@@ -141,15 +138,44 @@ def evaluate_retrieval(
             file=str(index.path),
             hint="evaluate with questions from the corpus the index was built from",
         )
+    first = _first_gold_ranks(index, kept, max(max(ks), 10), progress)
+    subsets = sorted({q.subset for q in kept})
+    report: dict[str, Any] = {
+        "index": str(index.path),
+        "questions": len(kept),
+        "not_indexed": len(questions) - len(kept),
+        "ks": ks,
+        "modes": {},
+        "latency_ms": {},
+    }
+    for mode in _EVAL_MODES:
+        ranks = first[mode]
+        report["modes"][mode] = {
+            "all": _rank_metrics(ranks, ks, seed),
+            "subsets": {
+                s: _rank_metrics(
+                    [r for r, q in zip(ranks, kept, strict=True) if q.subset == s], ks, seed
+                )
+                for s in subsets
+            },
+        }
+    sample = kept[: max(0, latency_sample)]
+    if sample:
+        report["latency_ms"] = _latency(index, sample, max(ks), progress)
+    return report
+
+
+def _first_gold_ranks(
+    index: Index, kept: Sequence[EvalQuestion], depth: int, progress: ProgressReporter
+) -> dict[str, list[int | None]]:
+    """Per mode, the rank of each question's first gold passage (``None``: not in ``depth``)."""
     doc_of = [p.doc_id for p in index.passages]
-    depth = max(max(ks), 10)
     vectors = _embed_all(index, [q.question for q in kept], progress)
-    modes: tuple[Mode, ...] = ("lexical", "dense", "fused")
-    first: dict[str, list[int | None]] = {m: [] for m in modes}
+    first: dict[str, list[int | None]] = {m: [] for m in _EVAL_MODES}
     advance = progress.task("Searching", len(kept))
     for question, vector in zip(kept, vectors, strict=True):
         ranked = index.rankings(question.question, vector, max(depth, 50))
-        for mode in modes:
+        for mode in _EVAL_MODES:
             rank = next(
                 (
                     r
@@ -160,68 +186,60 @@ def evaluate_retrieval(
             )
             first[mode].append(rank)
         advance(1)
+    return first
 
-    def metrics(ranks: Sequence[int | None]) -> dict[str, Any]:
-        n = len(ranks)
-        out: dict[str, Any] = {"n": n}
-        for k in ks:
-            hits = sum(1 for r in ranks if r is not None and r <= k)
-            low, high = wilson_interval(hits, n)
-            out[f"recall@{k}"] = {"value": hits / n, "low": low, "high": high}
-        rows = [[1.0 / r if r is not None and r <= max(ks) else 0.0 for r in ranks]]
-        names = ["mrr"]
-        for k in ks:
-            rows.append(
-                [1.0 / math.log2(1 + r) if r is not None and r <= k else 0.0 for r in ranks]
-            )
-            names.append(f"ndcg@{k}")
-        values = np.asarray(rows, dtype=np.float64)
-        intervals = bootstrap_means(values, confidence=0.95, resamples=1000, seed=seed)
-        for name, row, (low, high) in zip(names, values, intervals, strict=True):
-            out[name] = {"value": float(row.mean()), "low": low, "high": high}
-        return out
 
-    subsets = sorted({q.subset for q in kept})
-    report: dict[str, Any] = {
-        "index": str(index.path),
-        "questions": len(kept),
-        "not_indexed": len(questions) - len(kept),
-        "ks": ks,
-        "modes": {},
-        "latency_ms": {},
-    }
-    for mode in modes:
-        ranks = first[mode]
-        report["modes"][mode] = {
-            "all": metrics(ranks),
-            "subsets": {
-                s: metrics([r for r, q in zip(ranks, kept, strict=True) if q.subset == s])
-                for s in subsets
-            },
+def _rank_metrics(ranks: Sequence[int | None], ks: Sequence[int], seed: int) -> dict[str, Any]:
+    """Recall@k (Wilson intervals), MRR and nDCG@k (bootstrap intervals) of first-gold ranks;
+    ``ks`` sorted."""
+    import numpy as np
+
+    from lorakit.evaluate.stats import bootstrap_means, wilson_interval
+
+    n = len(ranks)
+    out: dict[str, Any] = {"n": n}
+    for k in ks:
+        hits = sum(1 for r in ranks if r is not None and r <= k)
+        low, high = wilson_interval(hits, n)
+        out[f"recall@{k}"] = {"value": hits / n, "low": low, "high": high}
+    rows = [[1.0 / r if r is not None and r <= max(ks) else 0.0 for r in ranks]]
+    names = ["mrr"]
+    for k in ks:
+        rows.append([1.0 / math.log2(1 + r) if r is not None and r <= k else 0.0 for r in ranks])
+        names.append(f"ndcg@{k}")
+    values = np.asarray(rows, dtype=np.float64)
+    intervals = bootstrap_means(values, confidence=0.95, resamples=1000, seed=seed)
+    for name, row, (low, high) in zip(names, values, intervals, strict=True):
+        out[name] = {"value": float(row.mean()), "low": low, "high": high}
+    return out
+
+
+def _latency(
+    index: Index, sample: Sequence[EvalQuestion], k: int, progress: ProgressReporter
+) -> dict[str, dict[str, Any]]:
+    """Per mode, wall-clock and CPU milliseconds of one search of ``k`` hits per question."""
+    advance = progress.task("Latency", len(sample) * len(_EVAL_MODES))
+    times: dict[str, list[float]] = {m: [] for m in _EVAL_MODES}
+    cpu: dict[str, list[float]] = {m: [] for m in _EVAL_MODES}
+    index.search(sample[0].question, k=k)  # warm up (first-call costs)
+    for question in sample:  # modes interleaved: a busy machine slows all three alike
+        for mode in _EVAL_MODES:
+            wall, used = time.perf_counter(), time.process_time()
+            index.search(question.question, k=k, mode=mode)
+            times[mode].append((time.perf_counter() - wall) * 1000)
+            cpu[mode].append((time.process_time() - used) * 1000)
+            advance(1)
+    return {
+        mode: {
+            "p50": round(_percentile(times[mode], 50), 3),
+            "p95": round(_percentile(times[mode], 95), 3),
+            "mean": round(sum(times[mode]) / len(times[mode]), 3),
+            "cpu_p50": round(_percentile(cpu[mode], 50), 3),
+            "cpu_p95": round(_percentile(cpu[mode], 95), 3),
+            "n": len(times[mode]),
         }
-    sample = kept[: max(0, latency_sample)]
-    if sample:
-        advance = progress.task("Latency", len(sample) * len(modes))
-        times: dict[str, list[float]] = {m: [] for m in modes}
-        cpu: dict[str, list[float]] = {m: [] for m in modes}
-        index.search(sample[0].question, k=max(ks))  # warm up (first-call costs)
-        for question in sample:  # modes interleaved: a busy machine slows all three alike
-            for mode in modes:
-                wall, used = time.perf_counter(), time.process_time()
-                index.search(question.question, k=max(ks), mode=mode)
-                times[mode].append((time.perf_counter() - wall) * 1000)
-                cpu[mode].append((time.process_time() - used) * 1000)
-                advance(1)
-        for mode in modes:
-            report["latency_ms"][mode] = {
-                "p50": round(_percentile(times[mode], 50), 3),
-                "p95": round(_percentile(times[mode], 95), 3),
-                "mean": round(sum(times[mode]) / len(times[mode]), 3),
-                "cpu_p50": round(_percentile(cpu[mode], 50), 3),
-                "cpu_p95": round(_percentile(cpu[mode], 95), 3),
-                "n": len(times[mode]),
-            }
-    return report
+        for mode in _EVAL_MODES
+    }
 
 
 @attrs.frozen(kw_only=True)

@@ -467,8 +467,6 @@ def build_index(
     """
     import time
 
-    import numpy as np
-
     started = time.perf_counter()
     if not sources:
         raise ConfigError("no source to index", field="sources", hint="give at least one SOURCE")
@@ -481,8 +479,54 @@ def build_index(
     old_card: IndexCard | None = None
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         old, cache, old_card = _previous(out, embedder)
-    passages: dict[str, Passage] = {p.passage_id: p for p in old} if add else {}
-    all_sources = list(old_card.sources) if add and old_card else []
+    kept = old_card if add else None
+    ordered, all_sources = _collect_passages(
+        sources, old if add else [], kept, fields, max_chars, progress
+    )
+    vectors, missing, embed_seconds = _embed_missing(ordered, cache, embedder, progress)
+    lexical = _build_lexical(ordered, sources, progress)
+    card = IndexCard(
+        sources=tuple(all_sources),
+        passages=len(ordered),
+        documents=len({p.doc_id for p in ordered}),
+        embedder=embedder.name,
+        dims=embedder.dims,
+        store=store,
+        store_settings={},
+        max_chars=max_chars,
+        hashes={},
+        threshold=kept.threshold if kept else DEFAULT_THRESHOLD,
+        calibration=kept.calibration if kept else None,
+        created="",
+    )
+    card = _write_index(out, ordered, vectors, lexical, factory, store_options, card)
+    return BuildReport(
+        path=out,
+        passages=len(ordered),
+        documents=card.documents,
+        embedded=len(missing),
+        reused=len(ordered) - len(missing),
+        seconds=round(time.perf_counter() - started, 3),
+        embed_seconds=round(embed_seconds, 3),
+    )
+
+
+def _collect_passages(
+    sources: Sequence[str],
+    old: list[Passage],
+    kept: IndexCard | None,
+    fields: Mapping[str, str] | None,
+    max_chars: int,
+    progress: ProgressReporter,
+) -> tuple[list[Passage], list[str]]:
+    """The passages of ``old`` and ``sources`` (a passage id seen again replaces the old one),
+    and the sources of ``kept`` with ``sources`` added.
+
+    Raises:
+        DataError: no passage at all.
+    """
+    passages: dict[str, Passage] = {p.passage_id: p for p in old}
+    all_sources = list(kept.sources) if kept else []
     for uri in sources:
         advance = progress.task(f"Reading {uri}")
         for passage in read_passages(uri, fields=fields, max_chars=max_chars):
@@ -496,7 +540,22 @@ def build_index(
             file=", ".join(sources),
             hint="check the sources (MedQuAD subset 12 has no answers)",
         )
-    ordered = list(passages.values())
+    return list(passages.values()), all_sources
+
+
+def _embed_missing(
+    ordered: list[Passage], cache: dict[str, Any], embedder: Embedder, progress: ProgressReporter
+) -> tuple[Any, list[int], float]:
+    """The vectors of ``ordered`` (from ``cache`` by content hash, else embedded), the rows
+    embedded and the seconds spent embedding.
+
+    Raises:
+        ConfigError: the embedder returned vectors of the wrong shape.
+    """
+    import time
+
+    import numpy as np
+
     missing = [i for i, p in enumerate(ordered) if p.content_hash not in cache]
     vectors = np.zeros((len(ordered), embedder.dims), dtype=np.float32)
     for i, p in enumerate(ordered):
@@ -516,7 +575,17 @@ def build_index(
             )
         vectors[rows] = got
         advance(len(rows))
-    embed_seconds = time.perf_counter() - embed_started
+    return vectors, missing, time.perf_counter() - embed_started
+
+
+def _build_lexical(
+    ordered: list[Passage], sources: Sequence[str], progress: ProgressReporter
+) -> LexicalIndex:
+    """The BM25 index of ``ordered``.
+
+    Raises:
+        DataError: no passage has an indexable word.
+    """
     advance = progress.task("BM25", 1)
     try:
         lexical = LexicalIndex.build([indexed_text(p) for p in ordered])
@@ -526,6 +595,25 @@ def build_index(
             file=", ".join(sources),
         ) from None
     advance(1)
+    return lexical
+
+
+def _write_index(
+    out: Path,
+    ordered: list[Passage],
+    vectors: Any,
+    lexical: LexicalIndex,
+    factory: StoreFactory,
+    store_options: Mapping[str, str] | None,
+    card: IndexCard,
+) -> IndexCard:
+    """Write the index folder atomically; returns ``card`` with the store settings, hashes and
+    creation time filled in.
+
+    Raises:
+        LorakitError: the folder could not be written (from :func:`fs_error`).
+    """
+    import numpy as np
 
     out.parent.mkdir(parents=True, exist_ok=True)
     temp = make_temp_dir(out.parent, f".{out.name}.building-")
@@ -539,21 +627,13 @@ def build_index(
         settings = factory.write(
             temp, vectors, [p.passage_id for p in ordered], dict(store_options or {})
         )
-        card = IndexCard(
-            sources=tuple(all_sources),
-            passages=len(ordered),
-            documents=len({p.doc_id for p in ordered}),
-            embedder=embedder.name,
-            dims=embedder.dims,
-            store=store,
+        card = attrs.evolve(
+            card,
             store_settings=settings,
-            max_chars=max_chars,
             hashes={
                 "passages": _sha(passages_blob),
                 "vectors": _sha(vectors.tobytes()),
             },
-            threshold=old_card.threshold if add and old_card else DEFAULT_THRESHOLD,
-            calibration=old_card.calibration if add and old_card else None,
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         )
         write_json_atomic(temp / CARD_FILE, card.to_dict())
@@ -564,15 +644,7 @@ def build_index(
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
-    return BuildReport(
-        path=out,
-        passages=len(ordered),
-        documents=card.documents,
-        embedded=len(missing),
-        reused=len(ordered) - len(missing),
-        seconds=round(time.perf_counter() - started, 3),
-        embed_seconds=round(embed_seconds, 3),
-    )
+    return card
 
 
 def write_card(path: Path, card: IndexCard) -> None:

@@ -60,10 +60,118 @@ def create_app(
     from lorakit.review.export import templates
 
     env = templates()
-    token = token or secrets.token_urlsafe(24)
+    review = _Review(sheet, store, env, token or secrets.token_urlsafe(24))
     hosts = {f"127.0.0.1:{port}", f"localhost:{port}"}
     app = FastAPI(title="lorakit review", docs_url=None, redoc_url=None, openapi_url=None)
-    index = {item.id: n for n, item in enumerate(sheet.items)}
+    _only_these_hosts(app, hosts)
+    _add_routes(app, review)
+    return app
+
+
+class _Review:
+    """What the handlers share: the sheet, the grade store, the page templates and the token."""
+
+    def __init__(self, sheet: ReviewSheet, store: GradeStore, env: Any, token: str) -> None:
+        self.sheet = sheet
+        self.store = store
+        self.env = env
+        self.token = token
+        self.index = {item.id: n for n, item in enumerate(sheet.items)}
+
+    def mine(self, reviewer: str) -> dict[str, Any]:
+        """The latest grade of each item by ``reviewer``."""
+        latest = latest_grades(self.store.read())
+        return {item: g for (item, who), g in latest.items() if who == reviewer}
+
+    def link(self, reviewer: str) -> Any:
+        """A function from an item number to its page for ``reviewer``."""
+        return lambda n: f"/item/{n}?reviewer={quote(reviewer)}"
+
+    def next_ungraded(self, graded: dict[str, Any], after: int = -1) -> int | None:
+        """The first item after ``after`` (wrapping around) not in ``graded``."""
+        items = self.sheet.items
+        order = [*range(after + 1, len(items)), *range(0, after + 1)]
+        return next((n for n in order if items[n].id not in graded), None)
+
+    def page(self, n: int, reviewer: str, *, error: str = "", status: int = 200) -> HTMLResponse:
+        """Item ``n`` with the grading form."""
+        graded = self.mine(reviewer)
+        item = self.sheet.items[n]
+        current = graded.get(item.id)
+        html = self.env.get_template("item.html").render(
+            item=item,
+            index=n,
+            total=len(self.sheet.items),
+            reviewer=reviewer,
+            current=current,
+            revision=0 if current is None else current.revision + 1,
+            token=self.token,
+            grades=GRADES,
+            labels=GRADE_LABELS,
+            max_note=MAX_NOTE,
+            error=error,
+            link=self.link(reviewer),
+        )
+        return HTMLResponse(html, status_code=status)
+
+    def home(self, reviewer: str) -> HTMLResponse:
+        """The list of items with ``reviewer``'s grades (the name form when none)."""
+        graded = self.mine(reviewer) if reviewer else {}
+        html = self.env.get_template("index.html").render(
+            source=str(self.sheet.source),
+            reviewer=reviewer,
+            items=self.sheet.items,
+            graded=graded,
+            done=len(graded),
+            next_item=self.next_ungraded(graded),
+            labels=GRADE_LABELS,
+            link=self.link(reviewer),
+        )
+        return HTMLResponse(html)
+
+    def grade(self, body: bytes) -> Response:
+        """Store the grade posted in ``body``; go on to the reviewer's next ungraded item."""
+        form = _read_form(body, self.token)
+        if isinstance(form, Response):
+            return form
+        n = self.index.get(form.get("item", ""))
+        reviewer = form.get("reviewer", "").strip()
+        try:
+            saved = self.store.add(form)
+        except InvalidGrade as error:
+            if n is None or not reviewer:
+                return PlainTextResponse(error.format(), status_code=400)
+            return self.page(n, reviewer, error=error.format(), status=400)
+        except DuplicateGrade as error:
+            return self.page(n if n is not None else 0, reviewer, error=error.format(), status=409)
+        following = self.next_ungraded(self.mine(saved.reviewer), self.index[saved.item])
+        target = (
+            f"/?reviewer={quote(saved.reviewer)}"
+            if following is None
+            else self.link(saved.reviewer)(following)
+        )
+        return RedirectResponse(target, status_code=303)
+
+
+def _read_form(body: bytes, token: str) -> dict[str, str] | Response:
+    """The fields of a posted form, or the refusal: too large, malformed, a field sent twice,
+    or a token not from this server."""
+    if len(body) > MAX_BODY:
+        return PlainTextResponse("the form is too large", status_code=413)
+    try:
+        fields = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body))
+    except (UnicodeDecodeError, ValueError):
+        return PlainTextResponse("malformed form data", status_code=400)
+    form = {k: v[0] for k, v in fields.items() if len(v) == 1}
+    if any(len(v) != 1 for v in fields.values()):
+        return PlainTextResponse("a field was sent twice", status_code=400)
+    if not secrets.compare_digest(form.get("token", ""), token):
+        return PlainTextResponse("this form is not from this review server", status_code=403)
+    return form
+
+
+def _only_these_hosts(app: FastAPI, hosts: set[str]) -> None:
+    """Refuse requests whose ``Host`` is not in ``hosts``; forbid framing and caching."""
 
     @app.middleware("http")
     async def only_this_host(request: Request, call_next: Any) -> Response:
@@ -76,36 +184,9 @@ def create_app(
         response.headers["Cache-Control"] = "no-store"
         return response
 
-    def mine(reviewer: str) -> dict[str, Any]:
-        latest = latest_grades(store.read())
-        return {item: g for (item, who), g in latest.items() if who == reviewer}
 
-    def link(reviewer: str) -> Any:
-        return lambda n: f"/item/{n}?reviewer={quote(reviewer)}"
-
-    def next_ungraded(graded: dict[str, Any], after: int = -1) -> int | None:
-        order = [*range(after + 1, len(sheet.items)), *range(0, after + 1)]
-        return next((n for n in order if sheet.items[n].id not in graded), None)
-
-    def page(n: int, reviewer: str, *, error: str = "", status: int = 200) -> HTMLResponse:
-        graded = mine(reviewer)
-        item = sheet.items[n]
-        current = graded.get(item.id)
-        html = env.get_template("item.html").render(
-            item=item,
-            index=n,
-            total=len(sheet.items),
-            reviewer=reviewer,
-            current=current,
-            revision=0 if current is None else current.revision + 1,
-            token=token,
-            grades=GRADES,
-            labels=GRADE_LABELS,
-            max_note=MAX_NOTE,
-            error=error,
-            link=link(reviewer),
-        )
-        return HTMLResponse(html, status_code=status)
+def _add_routes(app: FastAPI, review: _Review) -> None:
+    """The pages, the grading form's target, the grades as JSON and the health check."""
 
     @app.get("/health")
     def health() -> PlainTextResponse:
@@ -113,67 +194,23 @@ def create_app(
 
     @app.get("/", response_class=HTMLResponse)
     def home(reviewer: str = "") -> HTMLResponse:
-        reviewer = reviewer.strip()
-        graded = mine(reviewer) if reviewer else {}
-        html = env.get_template("index.html").render(
-            source=str(sheet.source),
-            reviewer=reviewer,
-            items=sheet.items,
-            graded=graded,
-            done=len(graded),
-            next_item=next_ungraded(graded),
-            labels=GRADE_LABELS,
-            link=link(reviewer),
-        )
-        return HTMLResponse(html)
+        return review.home(reviewer.strip())
 
     @app.get("/item/{n}", response_model=None)
     def item_page(n: int, reviewer: str = "") -> Response:
-        if not 0 <= n < len(sheet.items):
+        if not 0 <= n < len(review.sheet.items):
             return PlainTextResponse(f"no answer {n} on this sheet", status_code=404)
         if not reviewer.strip():
             return RedirectResponse("/", status_code=303)
-        return page(n, reviewer.strip())
+        return review.page(n, reviewer.strip())
 
     @app.post("/grade", response_model=None)
     async def grade(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            return PlainTextResponse("the form is too large", status_code=413)
-        try:
-            fields = parse_qs(
-                body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body)
-            )
-        except (UnicodeDecodeError, ValueError):
-            return PlainTextResponse("malformed form data", status_code=400)
-        form = {k: v[0] for k, v in fields.items() if len(v) == 1}
-        if any(len(v) != 1 for v in fields.values()):
-            return PlainTextResponse("a field was sent twice", status_code=400)
-        if not secrets.compare_digest(form.get("token", ""), token):
-            return PlainTextResponse("this form is not from this review server", status_code=403)
-        n = index.get(form.get("item", ""))
-        reviewer = form.get("reviewer", "").strip()
-        try:
-            saved = store.add(form)
-        except InvalidGrade as error:
-            if n is None or not reviewer:
-                return PlainTextResponse(error.format(), status_code=400)
-            return page(n, reviewer, error=error.format(), status=400)
-        except DuplicateGrade as error:
-            return page(n if n is not None else 0, reviewer, error=error.format(), status=409)
-        following = next_ungraded(mine(saved.reviewer), index[saved.item])
-        target = (
-            f"/?reviewer={quote(saved.reviewer)}"
-            if following is None
-            else link(saved.reviewer)(following)
-        )
-        return RedirectResponse(target, status_code=303)
+        return review.grade(await request.body())
 
     @app.get("/api/grades")
     def grades_json() -> JSONResponse:
-        return JSONResponse([g.to_dict() for g in store.read()])
-
-    return app
+        return JSONResponse([g.to_dict() for g in review.store.read()])
 
 
 def serve_review(sheet: ReviewSheet, store: GradeStore, *, port: int) -> None:

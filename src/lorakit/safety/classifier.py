@@ -354,21 +354,8 @@ def train_classifier(
         ) from exc
     import numpy as np
 
-    labelled: dict[str, int] = {}
-    for ts in sets:
-        for text in ts.texts:
-            labelled.setdefault(text.strip(), ts.label)
-    texts = [t for t in labelled if t]
-    labels = np.array([labelled[t] for t in texts])
-    for value, what in ((1, "harmful"), (0, "benign")):
-        if int((labels == value).sum()) < 10:
-            raise ConfigError(f"need at least 10 {what} texts, got {int((labels == value).sum())}")
-    rng = np.random.default_rng(seed)
-    held = np.zeros(len(texts), dtype=bool)
-    for value in (0, 1):
-        idx = np.flatnonzero(labels == value)
-        rng.shuffle(idx)
-        held[idx[: max(1, round(holdout * len(idx)))]] = True
+    texts, labels = _labelled_texts(sets)
+    held = _holdout_mask(labels, holdout, seed)
     vectors = _embedder(MAX_LENGTH, quantize).embed(texts)
     fit = LogisticRegression(C=regularization, class_weight="balanced", max_iter=5000)
     fit.fit(vectors[~held], labels[~held])
@@ -381,11 +368,70 @@ def train_classifier(
     scores = np.array(model.scores_of(vectors[held]))
     held_labels = labels[held]
     threshold = _threshold(scores[held_labels == 0].tolist(), max_overblock)
-    harmful = scores[held_labels == 1]
-    benign = scores[held_labels == 0]
+    card = _training_card(
+        sets,
+        (labels, held),
+        (scores[held_labels == 1], scores[held_labels == 0]),
+        threshold=threshold,
+        max_overblock=max_overblock,
+        seed=seed,
+        regularization=regularization,
+        quantize=quantize,
+    )
+    return attrs.evolve(model, threshold=threshold, card=card)
+
+
+def _labelled_texts(sets: Sequence[TrainingSet]) -> tuple[list[str], Any]:
+    """The distinct non-empty texts of ``sets`` (first label wins) and their labels (an array).
+
+    Raises:
+        ConfigError: fewer than 10 harmful or 10 benign texts.
+    """
+    import numpy as np
+
+    labelled: dict[str, int] = {}
+    for ts in sets:
+        for text in ts.texts:
+            labelled.setdefault(text.strip(), ts.label)
+    texts = [t for t in labelled if t]
+    labels = np.array([labelled[t] for t in texts])
+    for value, what in ((1, "harmful"), (0, "benign")):
+        if int((labels == value).sum()) < 10:
+            raise ConfigError(f"need at least 10 {what} texts, got {int((labels == value).sum())}")
+    return texts, labels
+
+
+def _holdout_mask(labels: Any, holdout: float, seed: int) -> Any:
+    """A seeded boolean mask holding out ``holdout`` of each label (at least one of each)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(labels), dtype=bool)
+    for value in (0, 1):
+        idx = np.flatnonzero(labels == value)
+        rng.shuffle(idx)
+        held[idx[: max(1, round(holdout * len(idx)))]] = True
+    return held
+
+
+def _training_card(
+    sets: Sequence[TrainingSet],
+    split: tuple[Any, Any],
+    held_scores: tuple[Any, Any],
+    *,
+    threshold: float,
+    max_overblock: float,
+    seed: int,
+    regularization: float,
+    quantize: str,
+) -> dict[str, Any]:
+    """The classifier's card: ``split`` is (labels, held-out mask), ``held_scores`` the
+    held-out (harmful, benign) scores."""
     from lorakit import __version__
 
-    card = {
+    labels, held = split
+    harmful, benign = held_scores
+    return {
         "format": CLASSIFIER_FORMAT + "-card",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "lorakit": __version__,
@@ -395,7 +441,7 @@ def train_classifier(
         + (", linear layers in dynamic int8" if quantize == "int8" else ", float32"),
         "sources": [ts.summary() for ts in sets],
         "counts": {
-            "distinct_texts": len(texts),
+            "distinct_texts": len(labels),
             "train": {
                 "harmful": int(((labels == 1) & ~held).sum()),
                 "benign": int(((labels == 0) & ~held).sum()),
@@ -420,4 +466,3 @@ def train_classifier(
         "note": "held-out texts come from the same sources as the training texts; measure on "
         "other sources with `lorakit safety eval`",
     }
-    return attrs.evolve(model, threshold=threshold, card=card)

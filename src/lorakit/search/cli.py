@@ -89,10 +89,10 @@ def search_command(
     The same command resumes a stopped search (finished trials are not run again); several
     processes given one --storage and --study share the trials.
     """
-    from lorakit.cli import _console, _recipe
+    from lorakit.cli import console_for, recipe_from_args
     from lorakit.search import SearchParam, SearchSpec, run_search
 
-    recipe = _recipe(preset, assignments)
+    recipe = recipe_from_args(preset, assignments)
     spec = SearchSpec(
         space=tuple(SearchParam.parse(text, recipe) for text in spaces),
         objective=objective,
@@ -103,7 +103,7 @@ def search_command(
     )
     name = study_name or recipe.name
     where = Path(folder) if folder else Path("searches") / name
-    console = _console(err=True)
+    console = console_for(err=True)
 
     def on_trial(row: Any) -> None:
         settings = " ".join(f"{key}={value}" for key, value in row.params.items())
@@ -125,9 +125,9 @@ def search_command(
 def _print_table(result: Any) -> None:
     from rich.table import Table
 
-    from lorakit.cli import _console
+    from lorakit.cli import console_for
 
-    console = _console()
+    console = console_for()
     if not console.is_terminal:  # a log or a pipe: the Markdown table, never cut to 80 columns
         click.echo(result.to_markdown())
     else:

@@ -32,13 +32,14 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
 from lorakit.errors import ConfigError, LorakitError
+from lorakit.serve.parity import ParityReport, ParityTolerance, compare_models
 
 if TYPE_CHECKING:
     from lorakit.recipe import Recipe
@@ -72,44 +73,11 @@ class MergeRefused(LorakitError):
     """The merged model is outside its parity tolerance: nothing was written to ``out``."""
 
 
-def _fraction(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
-        raise ConfigError(f"must be between 0 and 1, got {value!r}", field=attribute.name)
-
-
-def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is None:
-        return
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"must be a number of at least 0, got {value!r}", field=attribute.name)
-
-
 def _positive_int(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(
             f"must be a whole number of at least 1, got {value!r}", field=attribute.name
         )
-
-
-@attrs.frozen(kw_only=True)
-class ParityTolerance:
-    """How far the merged model may be from the model as trained.
-
-    Attributes:
-        min_agreement: the least share of answer tokens on which both models pick the same
-            most likely next token.
-        max_loss_delta: the largest absolute difference of their answer-only losses (nats).
-        max_logit_diff: the largest absolute logit difference at an answer token; ``None``:
-            not checked (logit scales differ between models, the other two do not).
-    """
-
-    min_agreement: float = attrs.field(validator=_fraction)
-    max_loss_delta: float = attrs.field(validator=_non_negative)
-    max_logit_diff: float | None = attrs.field(default=None, validator=_non_negative)
-
-    def to_dict(self) -> dict[str, Any]:
-        """As JSON-able data."""
-        return attrs.asdict(self)
 
 
 def default_tolerance(dtype: str) -> ParityTolerance:
@@ -167,49 +135,6 @@ class MergeSpec:
     probe: int = attrs.field(default=16, validator=_positive_int)
     batch_size: int = attrs.field(default=4, validator=_positive_int)
     tolerance: ParityTolerance | None = None
-
-
-@attrs.frozen(kw_only=True)
-class ParityReport:
-    """How two models differ on the answer tokens of the same examples.
-
-    ``reference`` is the model as trained, ``candidate`` the other one; ``loss_delta`` is
-    candidate minus reference.
-    """
-
-    examples: int
-    answer_tokens: int
-    max_abs_logit_diff: float
-    mean_abs_logit_diff: float
-    argmax_agreement: float
-    loss_reference: float
-    loss_candidate: float
-
-    @property
-    def loss_delta(self) -> float:
-        """The candidate's answer-only loss minus the reference's."""
-        return self.loss_candidate - self.loss_reference
-
-    def failures(self, tolerance: ParityTolerance) -> list[str]:
-        """What is outside ``tolerance``, one phrase each (empty: within it)."""
-        out = []
-        if self.argmax_agreement < tolerance.min_agreement:
-            out.append(
-                f"argmax agreement {self.argmax_agreement:.4f} < {tolerance.min_agreement:g}"
-            )
-        if abs(self.loss_delta) > tolerance.max_loss_delta:
-            out.append(f"|loss delta| {abs(self.loss_delta):.3g} > {tolerance.max_loss_delta:g}")
-        if tolerance.max_logit_diff is not None and (
-            self.max_abs_logit_diff > tolerance.max_logit_diff
-        ):
-            out.append(
-                f"max |logit diff| {self.max_abs_logit_diff:.3g} > {tolerance.max_logit_diff:g}"
-            )
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        """As JSON-able data (with ``loss_delta``)."""
-        return {**attrs.asdict(self), "loss_delta": self.loss_delta}
 
 
 @attrs.frozen(kw_only=True)
@@ -319,84 +244,6 @@ def _remove_stale_temporaries(out: Path) -> None:
             continue
 
 
-# --------------------------------------------------------------------------- parity
-
-
-def compare_models(
-    reference: Any,
-    candidate: Any,
-    examples: Sequence[Any],
-    pad_id: int,
-    *,
-    batch_size: int = 4,
-    progress: Callable[[int], None] | None = None,
-) -> ParityReport:
-    """Compare two causal LMs on the answer tokens (labels other than -100) of ``examples``.
-
-    Each batch runs through both models (each on its own device) and only sums and maxima
-    are kept, never the logits of more than one batch.
-
-    Raises:
-        ConfigError: no answer token to compare.
-    """
-    import torch
-
-    from lorakit.train import QACollator
-
-    collate = QACollator(pad_id)
-    ref_device = next(reference.parameters()).device
-    cand_device = next(candidate.parameters()).device
-    max_diff = 0.0
-    abs_sum = 0.0
-    agree = 0
-    tokens = 0
-    nll_ref = 0.0
-    nll_cand = 0.0
-    with torch.inference_mode():
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start : start + batch_size]
-            batch = collate([{"input_ids": e.input_ids, "labels": e.labels} for e in chunk])
-            labels = batch.pop("labels")
-            targets = labels[:, 1:]
-            keep = targets != -100
-
-            ref = _answer_logits(reference, ref_device, batch, keep)
-            cand = _answer_logits(candidate, cand_device, batch, keep)
-            wanted = targets[keep]
-            diff = (ref - cand).abs()
-            if diff.numel():
-                max_diff = max(max_diff, float(diff.max()))
-                abs_sum += float(diff.mean(dim=-1).sum())
-            agree += int((ref.argmax(-1) == cand.argmax(-1)).sum())
-            tokens += int(wanted.numel())
-            ce = torch.nn.functional.cross_entropy
-            nll_ref += float(ce(ref, wanted, reduction="sum"))
-            nll_cand += float(ce(cand, wanted, reduction="sum"))
-            if progress is not None:
-                progress(len(chunk))
-    if tokens == 0:
-        raise ConfigError(
-            "the probe examples have no answer tokens to compare",
-            field="--probe",
-            hint="the run's eval split is empty or fully masked",
-        )
-    return ParityReport(
-        examples=len(examples),
-        answer_tokens=tokens,
-        max_abs_logit_diff=max_diff,
-        mean_abs_logit_diff=abs_sum / tokens,
-        argmax_agreement=agree / tokens,
-        loss_reference=nll_ref / tokens,
-        loss_candidate=nll_cand / tokens,
-    )
-
-
-def _answer_logits(model: Any, device: Any, batch: Mapping[str, Any], keep: Any) -> Any:
-    inputs = {k: v.to(device) for k, v in batch.items()}
-    logits = model(**inputs).logits[:, :-1, :]
-    return logits[keep.to(device)].float().cpu()
-
-
 # --------------------------------------------------------------------------- merge
 
 
@@ -460,6 +307,20 @@ def _stop_ids(tokenizer: Any, generation_config: Any) -> list[int]:
     return list(dict.fromkeys(ordered))
 
 
+@attrs.frozen(kw_only=True)
+class _Trained:
+    """The model as it trained (the base quantised as the run had it, the adapter on top),
+    its tokenizer, and the examples the parity check scores."""
+
+    model: Any
+    tokenizer: Any
+    split: str
+    probes: list[Any]
+    pad_id: int
+    device: Any
+    notes: tuple[str, ...]
+
+
 def merge_run(
     run_dir: str | Path,
     out: str | Path,
@@ -487,16 +348,11 @@ def merge_run(
         ConfigError: not a finished run directory, ``out`` a file or not empty.
         MergeRefused: the parity check failed; ``out`` is untouched.
     """
-    from peft import PeftModel
-
-    from lorakit._fs import replace_dir_atomic, write_json_atomic, write_text_atomic
-    from lorakit.data.pipeline import prepare_data
+    from lorakit._fs import replace_dir_atomic
     from lorakit.evaluate.run_split import run_recipe_of
-    from lorakit.model import QuantizedModelBuilder
-    from lorakit.plugins import Registries, make_plugin_manager
+    from lorakit.plugins import make_plugin_manager
     from lorakit.reporting import NullProgress
     from lorakit.run_report import RunReport
-    from lorakit.runner import data_hash
 
     spec = spec or MergeSpec()
     progress = progress or NullProgress()
@@ -505,14 +361,39 @@ def merge_run(
     _check_out(out, force)
     report = RunReport.from_run_dir(run_dir)
     recipe = run_recipe_of(run_dir)
-    quant = recipe.model.quant.method
     tolerance = spec.tolerance or default_tolerance(spec.dtype)
     pm = plugin_manager if plugin_manager is not None else make_plugin_manager()
-    registries = Registries.from_plugin_manager(pm)
-    notes: list[str] = []
+    trained = _load_trained(run_dir, recipe, report, spec, pm, progress)
 
-    # The model as it trained: the base quantised as the run had it, the adapter on top.
-    loaded = QuantizedModelBuilder(recipe.model, plugin_manager=pm).build()
+    _remove_stale_temporaries(out)
+    with _temp_dir_beside(out) as tmp:
+        result = _merge_and_check(run_dir, tmp, out, recipe, spec, tolerance, trained, progress)
+        if not result.passed:
+            raise _refusal(result, spec, out)
+        _write_records(tmp, run_dir, recipe, report, result)
+        replace_dir_atomic(tmp, out)
+    return result
+
+
+def _load_trained(
+    run_dir: Path,
+    recipe: Recipe,
+    report: RunReport,
+    spec: MergeSpec,
+    plugin_manager: Any,
+    progress: ProgressReporter,
+) -> _Trained:
+    """The model as it trained, and the first ``spec.probe`` examples of its eval split."""
+    from peft import PeftModel
+
+    from lorakit.data.pipeline import prepare_data
+    from lorakit.model import QuantizedModelBuilder
+    from lorakit.plugins import Registries
+    from lorakit.runner import data_hash
+
+    registries = Registries.from_plugin_manager(plugin_manager)
+    notes: list[str] = []
+    loaded = QuantizedModelBuilder(recipe.model, plugin_manager=plugin_manager).build()
     tokenizer = loaded.tokenizer
     data = prepare_data(recipe.data, tokenizer, registries=registries, progress=progress)
     if report.run_card.get("data_hash") not in (None, data_hash(data.examples)):
@@ -522,95 +403,131 @@ def merge_run(
         )
     split, probes = _probe_examples(data, spec.probe)
     pad_id = int(tokenizer.pad_token_id)
-    trained = PeftModel.from_pretrained(loaded.model, str(run_dir / "adapter"))
-    trained.eval()
-    device = next(trained.parameters()).device
+    model = PeftModel.from_pretrained(loaded.model, str(run_dir / "adapter"))
+    model.eval()
+    return _Trained(
+        model=model,
+        tokenizer=tokenizer,
+        split=split,
+        probes=probes,
+        pad_id=pad_id,
+        device=next(model.parameters()).device,
+        notes=tuple(notes),
+    )
+
+
+def _merge_and_check(
+    run_dir: Path,
+    tmp: Path,
+    out: Path,
+    recipe: Recipe,
+    spec: MergeSpec,
+    tolerance: ParityTolerance,
+    trained: _Trained,
+    progress: ProgressReporter,
+) -> MergeResult:
+    """Save the merged checkpoint in ``tmp``, load it back and measure its parity."""
+    from peft import PeftModel
+
     dtype_name = DTYPES[spec.dtype]
+    quant = recipe.model.quant.method
 
-    _remove_stale_temporaries(out)
-    with _temp_dir_beside(out) as tmp:
-        # The full-precision base with the adapter unmerged: the reference of the merge alone.
-        unmerged = PeftModel.from_pretrained(
-            _load_full_base(recipe, dtype_name, device), str(run_dir / "adapter")
-        ).eval()
-        with trained.disable_adapter(), unmerged.disable_adapter():
-            base_difference = compare_models(
-                trained,
-                unmerged,
-                probes,
-                pad_id,
-                batch_size=spec.batch_size,
-                progress=progress.task("Parity: bases alone", len(probes)),
-            )
-        base = _load_full_base(recipe, dtype_name, device)
-        merged = PeftModel.from_pretrained(base, str(run_dir / "adapter")).merge_and_unload()
-        for config in (merged.config, merged.generation_config):
-            config.pad_token_id = pad_id
-        merged.config.use_cache = True
-        merged.generation_config.eos_token_id = _stop_ids(tokenizer, merged.generation_config)
-        try:
-            merged.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-        except OSError as error:
-            from lorakit._fs import fs_error
+    # The full-precision base with the adapter unmerged: the reference of the merge alone.
+    unmerged = PeftModel.from_pretrained(
+        _load_full_base(recipe, dtype_name, trained.device), str(run_dir / "adapter")
+    ).eval()
+    with trained.model.disable_adapter(), unmerged.disable_adapter():
+        base_difference = _compare(trained.model, unmerged, trained, spec, progress, "bases alone")
+    _save_merged(tmp, run_dir, recipe, trained, dtype_name)
+    reloaded = _reload(tmp, dtype_name, trained.device)
+    merge_only = _compare(unmerged, reloaded, trained, spec, progress, "merged vs unmerged")
+    del unmerged
+    parity = _compare(trained.model, reloaded, trained, spec, progress, "merged vs trained")
+    del reloaded
+    if spec.tolerance is None and quant != "none":
+        tolerance = relative_tolerance(base_difference)
+    return MergeResult(
+        out=out,
+        dtype=dtype_name,
+        trained_quant=quant,
+        parity=parity,
+        base_difference=base_difference,
+        merge_only=merge_only,
+        tolerance=tolerance,
+        merge_tolerance=default_tolerance(spec.dtype),
+        probe_split=trained.split,
+        notes=trained.notes,
+    )
 
-            raise fs_error(error, "save the merged model", tmp) from None
-        del merged, base
-        reloaded = _reload(tmp, dtype_name, device)
-        merge_only = compare_models(
-            unmerged,
-            reloaded,
-            probes,
-            pad_id,
-            batch_size=spec.batch_size,
-            progress=progress.task("Parity: merged vs unmerged", len(probes)),
-        )
-        del unmerged
-        parity = compare_models(
-            trained,
-            reloaded,
-            probes,
-            pad_id,
-            batch_size=spec.batch_size,
-            progress=progress.task("Parity: merged vs trained", len(probes)),
-        )
-        del reloaded
-        if spec.tolerance is None and quant != "none":
-            tolerance = relative_tolerance(base_difference)
-        merge_tolerance = default_tolerance(spec.dtype)
-        result = MergeResult(
-            out=out,
-            dtype=dtype_name,
-            trained_quant=quant,
-            parity=parity,
-            base_difference=base_difference,
-            merge_only=merge_only,
-            tolerance=tolerance,
-            merge_tolerance=merge_tolerance,
-            probe_split=split,
-            notes=tuple(notes),
-        )
-        if not result.passed:
-            raise MergeRefused(
-                "merge refused, parity outside tolerance: "
-                + "; ".join(result.failures())
-                + f" ({parity.answer_tokens} answer tokens of {parity.examples} {split} "
-                f"examples, {quant} base merged in {spec.dtype})",
-                file=str(out),
-                hint="nothing was written there; see docs/use-your-model.md#merge for the "
-                "tolerances, or set them with --min-agreement/--max-loss-delta/--max-logit-diff",
-            )
-        record = {
-            **result.to_dict(),
-            "run_dir": str(run_dir.resolve()),
-            "base_model": recipe.model.name,
-            "merged": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "versions": _versions(),
-        }
-        write_json_atomic(tmp / "parity.json", record)
-        write_text_atomic(tmp / "README.md", model_card(recipe, report, result))
-        replace_dir_atomic(tmp, out)
-    return result
+
+def _compare(
+    reference: Any,
+    candidate: Any,
+    trained: _Trained,
+    spec: MergeSpec,
+    progress: ProgressReporter,
+    what: str,
+) -> ParityReport:
+    """:func:`compare_models` on the probe examples, with a progress task ``Parity: what``."""
+    return compare_models(
+        reference,
+        candidate,
+        trained.probes,
+        trained.pad_id,
+        batch_size=spec.batch_size,
+        progress=progress.task(f"Parity: {what}", len(trained.probes)),
+    )
+
+
+def _save_merged(
+    tmp: Path, run_dir: Path, recipe: Recipe, trained: _Trained, dtype_name: str
+) -> None:
+    """Merge the adapter into the full-precision base and save it (with the tokenizer) in ``tmp``."""
+    from peft import PeftModel
+
+    base = _load_full_base(recipe, dtype_name, trained.device)
+    merged = PeftModel.from_pretrained(base, str(run_dir / "adapter")).merge_and_unload()
+    for config in (merged.config, merged.generation_config):
+        config.pad_token_id = trained.pad_id
+    merged.config.use_cache = True
+    merged.generation_config.eos_token_id = _stop_ids(trained.tokenizer, merged.generation_config)
+    try:
+        merged.save_pretrained(tmp)
+        trained.tokenizer.save_pretrained(tmp)
+    except OSError as error:
+        from lorakit._fs import fs_error
+
+        raise fs_error(error, "save the merged model", tmp) from None
+
+
+def _refusal(result: MergeResult, spec: MergeSpec, out: Path) -> MergeRefused:
+    parity = result.parity
+    return MergeRefused(
+        "merge refused, parity outside tolerance: "
+        + "; ".join(result.failures())
+        + f" ({parity.answer_tokens} answer tokens of {parity.examples} {result.probe_split} "
+        f"examples, {result.trained_quant} base merged in {spec.dtype})",
+        file=str(out),
+        hint="nothing was written there; see docs/use-your-model.md#merge for the "
+        "tolerances, or set them with --min-agreement/--max-loss-delta/--max-logit-diff",
+    )
+
+
+def _write_records(
+    tmp: Path, run_dir: Path, recipe: Recipe, report: RunReport, result: MergeResult
+) -> None:
+    """``parity.json`` and the model card, in ``tmp``."""
+    from lorakit._fs import write_json_atomic, write_text_atomic
+
+    record = {
+        **result.to_dict(),
+        "run_dir": str(run_dir.resolve()),
+        "base_model": recipe.model.name,
+        "merged": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+    }
+    write_json_atomic(tmp / "parity.json", record)
+    write_text_atomic(tmp / "README.md", model_card(recipe, report, result))
 
 
 def _reload(folder: Path, dtype_name: str, device: Any) -> Any:
