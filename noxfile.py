@@ -36,7 +36,30 @@ def tests(session: nox.Session) -> None:
         os.environ.get("LORAKIT_SHARED_DATA", Path(__file__).parent / ".." / "shared" / "data")
     )
     require = "1" if os.environ.get("CI") or shared.is_dir() else "0"
-    session.run("pytest", *session.posargs, env={**OFFLINE, "LORAKIT_REQUIRE_DATA": require})
+    env = {**OFFLINE, "LORAKIT_REQUIRE_DATA": require, **_chroma_server(session)}
+    session.run("pytest", *session.posargs, env=env)
+
+
+def _chroma_server(session: nox.Session) -> dict[str, str]:
+    """A Chroma server in a venv of its own (its pins are not lorakit's), for the store tests
+    (tests/test_retrieval_chroma.py); set LORAKIT_CHROMA_BIN to use another, or
+    LORAKIT_NO_CHROMA=1 to skip them."""
+    if os.environ.get("LORAKIT_CHROMA_BIN") or os.environ.get("LORAKIT_NO_CHROMA"):
+        return {}
+    venv = Path(session.create_tmp()) / "chroma-venv"
+    chroma = venv / "bin" / "chroma"
+    if not chroma.exists():
+        session.run("python", "-m", "venv", str(venv), external=True)
+        session.run(
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "chromadb>=1.0",
+            external=True,
+        )
+    return {"LORAKIT_CHROMA_BIN": str(chroma)}
 
 
 @nox.session
