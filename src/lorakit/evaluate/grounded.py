@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from lorakit.errors import ConfigError
+from lorakit.evaluate.run_split import SPLITS, as_names
 
 if TYPE_CHECKING:
     from lorakit.answer import Answer, Answerer
@@ -47,13 +48,6 @@ __all__ = [
     "retrieval_query",
     "run_with_retrieval",
 ]
-
-SPLITS = ("test", "eval")
-
-
-def _names(value: Sequence[str]) -> tuple[str, ...]:
-    return tuple(value)
-
 
 # --------------------------------------------------------------------------- multiple choice
 
@@ -194,7 +188,7 @@ class GroundedSplitSpec:
     """
 
     split: str = attrs.field(default="test", validator=attrs.validators.in_(SPLITS))
-    metrics: tuple[str, ...] = attrs.field(default=("token_f1",), converter=_names)
+    metrics: tuple[str, ...] = attrs.field(default=("token_f1",), converter=as_names)
     compare: bool = False
     limit: int | None = None
     max_new_tokens: int = 256

@@ -27,7 +27,8 @@ __all__ = ["SplitEvalSpec", "evaluate_split", "run_recipe_of"]
 SPLITS = ("test", "eval")
 
 
-def _names(value: Sequence[str]) -> tuple[str, ...]:
+def as_names(value: Sequence[str]) -> tuple[str, ...]:
+    """A sequence of names as a tuple (an attrs converter of spec fields)."""
     return tuple(value)
 
 
@@ -45,7 +46,7 @@ class SplitEvalSpec:
     """
 
     split: str = attrs.field(default="test", validator=attrs.validators.in_(SPLITS))
-    metrics: tuple[str, ...] = attrs.field(default=(), converter=_names)
+    metrics: tuple[str, ...] = attrs.field(default=(), converter=as_names)
     compare: bool = False
     limit: int | None = None
     max_new_tokens: int = 256
