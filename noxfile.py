@@ -25,10 +25,12 @@ OFFLINE = {
 def tests(session: nox.Session) -> None:
     """Unit and CPU end-to-end tests (real data from ../shared/data when present)."""
     session.install(TORCH)
-    # The lm-evaluation-harness agreement test and the embedding metric run in CI too.
+    # The lm-evaluation-harness agreement test and the embedding metric run in CI too; so does
+    # the review page's browser test (Playwright, extra `browser`; Chromium from .ci/run).
     session.install(
         "-e",
-        ".[test,agreement,embeddings,retrieval,safety,serve,concepts,review,search,tensorboard,mlflow]",
+        ".[test,browser,agreement,embeddings,retrieval,safety,serve,concepts,review,search,"
+        "tensorboard,mlflow]",
     )
     # Where the real data is (CI always has it beside the clone), a test that needs it fails
     # instead of skipping (tests/conftest.py).

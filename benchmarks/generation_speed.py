@@ -11,6 +11,9 @@ H200, full-size Phi-3-mini with random weights (bf16, then 4-bit)::
     python benchmarks/generation_speed.py --size mini --quant none --batches 1,8,32
     python benchmarks/generation_speed.py --size mini --quant nf4 --batches 1,8,32
 
+Modes: ``generate``, ``static`` (``generate`` with ``cache_implementation="static"``),
+``lorakit`` (the serving path) and ``compiled`` (the serving path with
+``LORAKIT_COMPILE_DECODE=1``); ``--merge`` merges the adapter into the bf16 weights first.
 Prompts are random token ids (no stop token), greedy decoding; tokens/s counts the new tokens
 actually generated (a row that hits a stop token early counts fewer). Prints one table and,
 with ``--out``, writes the rows as JSON.
@@ -49,6 +52,7 @@ def load(size: str, quant: str, folder: Path, rank: int) -> tuple[Any, Any]:
     from peft import LoraConfig, get_peft_model
 
     from lorakit.model import TINY_PHI3, ModelSpec, QuantSpec, load_hf_model
+    from lorakit.run_source import adapters_to_compute_dtype
 
     name = TINY_PHI3 if size == "tiny" else str(build_mini(folder))
     loaded = load_hf_model(
@@ -61,6 +65,7 @@ def load(size: str, quant: str, folder: Path, rank: int) -> tuple[Any, Any]:
         init_lora_weights=False,  # non-zero: the adapter's work is really done
     )
     model = get_peft_model(loaded.model, config)
+    adapters_to_compute_dtype(model)  # as lorakit's answer path loads adapters
     model.eval()
     return model, loaded.tokenizer
 
@@ -107,10 +112,21 @@ def run_lorakit(model: Any, tokenizer: Any, ids: list[list[int]], new: int) -> i
     return sum(len(r.token_ids) for r in results)
 
 
+def run_lorakit_compiled(model: Any, tokenizer: Any, ids: list[list[int]], new: int) -> int:
+    import os
+
+    os.environ["LORAKIT_COMPILE_DECODE"] = "1"
+    try:
+        return run_lorakit(model, tokenizer, ids, new)
+    finally:
+        del os.environ["LORAKIT_COMPILE_DECODE"]
+
+
 MODES = {
     "generate": lambda m, t, i, n: run_generate(m, t, i, n, static=False),
     "static": lambda m, t, i, n: run_generate(m, t, i, n, static=True),
     "lorakit": run_lorakit,
+    "compiled": run_lorakit_compiled,
 }
 
 
@@ -124,6 +140,11 @@ def main() -> None:
     parser.add_argument("--modes", default="generate,static,lorakit")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per cell (best kept)")
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="merge the adapter into the bf16 weights first (what `lorakit merge` serves)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -131,13 +152,19 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         model, tokenizer = load(args.size, args.quant, Path(tmp), args.rank)
+        if args.merge:
+            model.merge_adapter()
         device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
         rows = []
         for batch in [int(b) for b in args.batches.split(",")]:
             ids = prompts(batch, args.prompt_len, len(tokenizer), seed=batch)
             for mode in args.modes.split(","):
                 fn = MODES[mode]
+                sync()
+                start = time.perf_counter()
                 fn(model, tokenizer, ids, min(4, args.new_tokens))  # warm-up (compiles, caches)
+                sync()
+                warmup = time.perf_counter() - start
                 best = None
                 for _ in range(args.repeats):
                     sync()
@@ -147,8 +174,15 @@ def main() -> None:
                     seconds = time.perf_counter() - start
                     rate = made / seconds
                     best = rate if best is None or rate > best else best
-                row = {"batch": batch, "mode": mode, "new_tokens_per_s": round(best or 0, 1)}
-                if mode == "lorakit":  # which decoding path ran: graph, static or dynamic
+                row = {
+                    "batch": batch,
+                    "mode": mode,
+                    "new_tokens_per_s": round(best or 0, 1),
+                    "warmup_s": round(warmup, 1),
+                }
+                if mode.startswith(
+                    ("lorakit", "compiled")
+                ):  # which decoding path ran: graph, static or dynamic
                     from lorakit.decoding import last_decode_info
 
                     row["decode"] = last_decode_info()
@@ -157,7 +191,8 @@ def main() -> None:
                     f"batch {batch:>3} {mode:>9}: {best:,.1f} new tokens/s {row.get('decode', '')}"
                 )
     header = (
-        f"{args.size} Phi-3 ({args.quant}, LoRA r{args.rank}) on {device}; prompt "
+        f"{args.size} Phi-3 ({args.quant}, LoRA r{args.rank}{' merged' if args.merge else ''}) "
+        f"on {device}; prompt "
         f"{args.prompt_len}, {args.new_tokens} new tokens, greedy; best of {args.repeats}"
     )
     print(f"\n{header}\n\n| batch | " + " | ".join(args.modes.split(",")) + " |")

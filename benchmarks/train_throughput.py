@@ -33,7 +33,8 @@ from. The variants:
   its fastest setting), NF4 + double quant, bf16, its own checkpointing, paged AdamW 8-bit.
 
 A variant may carry overrides: ``default:sdpa`` (attention implementation),
-``default+tokens_per_batch=4096+grad_accum=4`` (``training.*`` settings), ``+warmup=N``
+``default+tokens_per_batch=4096+grad_accum=4`` (``training.*`` settings; a dotted name such
+as ``+data.order=length_curriculum`` sets any recipe setting), ``+warmup=N``
 (its own warm-up steps) and, for ``seed`` and ``unsloth``, ``+pad_to_multiple_of=64``
 (fewer distinct shapes; Unsloth compiles each decoder layer, and every new shape costs a
 recompilation, so give it that and a longer warm-up to see its steady state).
@@ -497,7 +498,10 @@ def run_lorakit(
     }
     if attn:
         overrides["model.attn_implementation"] = attn
-    overrides |= {f"training.{key}": value for key, value in (extra or {}).items()}
+    # ``+key=value``: a training setting, or any recipe setting by its dotted name.
+    overrides |= {
+        (key if "." in key else f"training.{key}"): value for key, value in (extra or {}).items()
+    }
     recipe = recipe.with_overrides(overrides)
     counter = {"tokens": 0, "padded": 0}
     trainer, notes = lorakit_trainer(

@@ -171,3 +171,34 @@ def test_auto_selection_and_fallbacks(model_and_tokenizer, monkeypatch):
     info = last_decode_info()
     assert info["path"] == "dynamic" and "sliding window" in info["reason"]
     assert len(out[0].token_ids) <= 8
+
+
+def test_adapter_weights_follow_a_16_bit_base_for_generation() -> None:
+    """PEFT loads LoRA weights in float32; on a bf16 base the answer path casts them to bf16
+    (16-bit adapter matmuls) and says so, and leaves a float32 model as it is."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from lorakit.run_source import adapters_to_compute_dtype
+    from lorakit.testing import tiny_phi3_path
+
+    config = LoraConfig(r=4, target_modules=["qkv_proj", "down_proj"], init_lora_weights=False)
+    fp32 = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_phi3_path()), config)
+    assert adapters_to_compute_dtype(fp32) == ""
+    assert {p.dtype for n, p in fp32.named_parameters() if "lora_" in n} == {torch.float32}
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_phi3_path(), dtype=torch.bfloat16)
+    model = get_peft_model(base, config)
+    lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    assert lora and {p.dtype for p in lora.values()} == {torch.float32}
+    before = {n: p.detach().clone() for n, p in lora.items()}
+    assert adapters_to_compute_dtype(model) == "adapter weights in bfloat16 for generation"
+    after = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    assert {p.dtype for p in after.values()} == {torch.bfloat16}
+    for name, value in before.items():
+        assert torch.equal(after[name], value.to(torch.bfloat16))
+    ids = torch.tensor([[5, 17, 301, 42]])
+    with torch.inference_mode():
+        assert torch.isfinite(model(input_ids=ids).logits).all()
+    assert adapters_to_compute_dtype(model) == ""  # nothing left to cast

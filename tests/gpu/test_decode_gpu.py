@@ -51,3 +51,20 @@ def test_graph_path_gives_the_dynamic_paths_tokens(tmp_path, lengths):
     assert [d.token_ids for d in fast] == [d.token_ids for d in dynamic]
     again = decode(model, tokenizer, prompts, settings)  # the captured bucket reused
     assert [d.token_ids for d in again] == [d.token_ids for d in dynamic]
+
+
+def test_compiled_layers_are_captured_and_left_uncompiled(tmp_path, monkeypatch):
+    """LORAKIT_COMPILE_DECODE=1: the captured step runs compiled decoder layers (the graph
+    path is taken, agreement with the compiled step checked at capture), and the model's
+    layers are not left compiled afterwards."""
+    from lorakit.decoding import SamplingSpec, decode, last_decode_info
+    from lorakit.fast import checkpoint_layers
+
+    model, tokenizer = _model(tmp_path)
+    gen = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(10, 2000, (n,), generator=gen).tolist() for n in (6, 19)]
+    monkeypatch.setenv("LORAKIT_COMPILE_DECODE", "1")
+    out = decode(model, tokenizer, prompts, SamplingSpec(max_new_tokens=16))
+    assert last_decode_info()["path"] == "graph", last_decode_info()
+    assert all(len(d.token_ids) > 0 for d in out)
+    assert all(layer._compiled_call_impl is None for layer in checkpoint_layers(model))
