@@ -216,3 +216,37 @@ def test_pubmedqa_with_context_agrees(tiny_lm, harness, shared_data, tmp_path):
     _task(tmp_path, "lk_pubmedqa", items, "texts")
     samples = _run_harness(harness, tmp_path, ["lk_pubmedqa"], shots=0)
     _assert_agree(_compare(samples["lk_pubmedqa"], items, scores, contexts), "pubmedqa texts")
+
+
+def test_speed_benchmark_scores_both_and_they_agree(shared_data, tmp_path):
+    """benchmarks/eval_vs_lm_eval.py runs both scorers on the real files and reports their
+    speeds and per-item agreement (the GPU comparison uses the same script)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "speed.json"
+    subprocess.run(
+        [
+            sys.executable,
+            str(root / "benchmarks" / "eval_vs_lm_eval.py"),
+            "--model=tiny",
+            f"--data={shared_data}",
+            "--benches=medqa,mmlu_medical",
+            "--limit=6",
+            "--batch-sizes=4",
+            f"--out={out}",
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(root / "src")},
+        timeout=600,
+    )
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["bench"] for r in rows] == ["medqa", "mmlu_medical"]
+    for row in rows:
+        assert row["agree"] == row["items"] > 0
+        assert row["lorakit_items_per_s"] > 0 and row["lm_eval_scoring_items_per_s"] > 0
+        assert row["lm_eval_scoring_items_per_s"] >= row["lm_eval_items_per_s"]
