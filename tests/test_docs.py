@@ -11,7 +11,9 @@ How blocks run
   otherwise the command must exit 0.
 * Every page runs in its own empty folder, which looks like the repository root to the block:
   ``../shared/data`` is the real data (as in tests/conftest.py) and ``examples/``, ``tests/``,
-  ``src/``, ``benchmarks/`` are links to the repository's.
+  ``src/``, ``benchmarks/`` are links to the repository's. A page inside a repository folder
+  (``examples/medqa/README.md``) runs in that folder's place, among links to its files, so
+  its relative paths (``python prepare_medquad.py ../../../shared/data/medquad``) work.
 * Other languages (toml, json, text ...) are not run.
 
 Directives: an HTML comment right before a block (blank lines and other directives may stand
@@ -50,7 +52,11 @@ import attrs
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+PAGES = [
+    ROOT / "README.md",
+    *sorted((ROOT / "docs").rglob("*.md")),
+    *sorted((ROOT / "examples").rglob("README.md")),
+]
 LINKED = ("examples", "tests", "src", "benchmarks")
 PYTHON = {"python", "py"}
 CONSOLE = {"console", "bash", "sh", "shell"}
@@ -297,8 +303,15 @@ def page_state(
         (base / "shared" / "data").symlink_to(shared_data, target_is_directory=True)
         folder = base / "work"
         folder.mkdir()
+        inside = block.page.parent.relative_to(ROOT)
         for name in LINKED:
-            (folder / name).symlink_to(ROOT / name, target_is_directory=True)
+            if inside.parts[:1] != (name,):
+                (folder / name).symlink_to(ROOT / name, target_is_directory=True)
+        if inside.parts:  # a page in a repository folder runs there, among that folder's files
+            folder = folder / inside
+            folder.mkdir(parents=True)
+            for entry in block.page.parent.iterdir():
+                (folder / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
         state = _PAGES[block.page] = PageState(
             folder=folder,
             namespace={"__name__": "__docs__", "__file__": str(block.page)},
