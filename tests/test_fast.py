@@ -28,68 +28,123 @@ def test_set_checkpointing_full_selective_none(checkpointed_model):
     assert all(layer.gradient_checkpointing for layer in layers)
 
 
-class FakeCuda:
-    """Stands in for torch.cuda's memory counters: peak = tokens x cost of the checkpointing mode."""
-
-    def __init__(self, model, cost):
-        self.model, self.cost, self.peak = model, cost, 0.0
-
-    def step(self, tokens):
-        kept = sum(not layer.gradient_checkpointing for layer in checkpoint_layers(self.model))
-        self.peak = tokens * self.cost[kept] * 2**30
+def test_set_checkpointing_by_count(checkpointed_model):
+    layers = checkpoint_layers(checkpointed_model)
+    set_checkpointing(checkpointed_model, None, count=1)
+    assert [layer.gradient_checkpointing for layer in layers] == [True, False]
+    set_checkpointing(checkpointed_model, None, count=0)
+    assert not any(layer.gradient_checkpointing for layer in layers)
 
 
-@pytest.fixture()
-def fake_cuda(monkeypatch, checkpointed_model):
-    import torch
+class Costs:
+    """A memory and time model standing in for GPU measurements: each layer whose activations
+    are kept costs memory per token; each recomputed layer costs time; every step has a fixed
+    overhead (so small micro-batches are slower per token)."""
 
-    fake = FakeCuda(checkpointed_model, cost={2: 3e-3, 1: 2e-3, 0: 1e-3})  # GiB per token
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: None)
-    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: fake.peak)
-    return fake
+    def __init__(self, model, oom_from_kept=None):
+        self.model, self.oom_from_kept, self.calls = model, oom_from_kept, []
+
+    def measure(self, tokens):
+        import torch
+
+        layers = checkpoint_layers(self.model)
+        kept = sum(not layer.gradient_checkpointing for layer in layers)
+        self.calls.append((len(layers) - kept, tokens))
+        if self.oom_from_kept is not None and kept >= self.oom_from_kept:
+            raise torch.OutOfMemoryError("CUDA out of memory (modelled)")
+        peak = 0.5 + tokens * (0.5e-3 + kept * 1e-3)  # GiB
+        seconds = tokens * 1e-6 * (1 + 0.3 * (len(layers) - kept) / len(layers)) + 1e-3
+        return peak, seconds
 
 
-def test_plan_memory_picks_the_fastest_setting_that_fits(checkpointed_model, fake_cuda):
-    # 4096 tokens: none 12.3 GiB, every 2nd 8.2, every layer 4.1 (limit 0.9 x 10 = 9 GiB).
-    plan = plan_memory(
-        checkpointed_model,
-        10,
-        tokens_per_batch=4096,
-        grad_accum=4,
+def _plan(model, budget, costs, tokens=4096, accum=4):
+    return plan_memory(
+        model,
+        budget,
+        tokens_per_batch=tokens,
+        grad_accum=accum,
         min_tokens=1024,
-        step=fake_cuda.step,
+        step=lambda tokens: None,
+        measure=costs.measure,
     )
-    assert (plan.checkpoint_every, plan.tokens_per_batch, plan.grad_accum) == (2, 4096, 4)
-    assert [t[0] for t in plan.tried] == ["None", "2"]
-    assert "selective checkpointing" in plan.describe()
 
 
-def test_plan_memory_halves_the_micro_batch_keeping_tokens_per_step(checkpointed_model, fake_cuda):
-    plan = plan_memory(
-        checkpointed_model,
-        4,
-        tokens_per_batch=4096,
-        grad_accum=4,
-        min_tokens=1024,
-        step=fake_cuda.step,
-    )
-    # Every layer at 4096 tokens needs 4.1 GiB > 3.6: halve to 2048 x 8, where every 2nd fits? 4.1 no; full 2.05 yes.
-    assert (plan.tokens_per_batch, plan.grad_accum, plan.checkpoint_every) == (2048, 8, 1)
+def test_plan_memory_keeps_the_fastest_measured_setting_that_fits(checkpointed_model):
+    costs = Costs(checkpointed_model)
+    # Limit 9 GiB. 4096 tokens: all recomputed 2.55 GiB, one layer 6.64, none 10.74 (too
+    # much); 2048 tokens: none fits (5.62), but the fixed overhead makes it slower per token,
+    # and the search ends there.
+    plan = _plan(checkpointed_model, 10, costs)
+    assert (plan.checkpointed, plan.tokens_per_batch, plan.grad_accum) == (1, 4096, 4)
+    assert [t[:2] for t in plan.tried] == [
+        (count, tokens) for tokens in (4096, 2048) for count in (2, 1, 0)
+    ]
+    assert plan.tried[2][2] > 9 and plan.tried[2][3] == 0.0  # measured, did not fit, not timed
+    assert plan.tokens_per_s == max(t[3] for t in plan.tried)
+    assert "selective checkpointing (1 of 2 layers)" in plan.describe()
+    layers = checkpoint_layers(checkpointed_model)
+    assert [layer.gradient_checkpointing for layer in layers] == [True, False]  # left as chosen
+
+
+def test_plan_memory_stops_at_no_recomputation(checkpointed_model):
+    costs = Costs(checkpointed_model)
+    plan = _plan(checkpointed_model, 40, costs)
+    assert (plan.checkpointed, plan.tokens_per_batch) == (0, 4096)
+    assert costs.calls == [(2, 4096), (1, 4096), (0, 4096)]  # nothing smaller is faster
+    assert "no checkpointing" in plan.describe()
+
+
+def test_plan_memory_halves_the_micro_batch_keeping_tokens_per_step(checkpointed_model):
+    costs = Costs(checkpointed_model)
+    # Limit 2.25 GiB: at 4096 tokens even full recomputation needs 2.55; at 2048 it needs 1.52.
+    plan = _plan(checkpointed_model, 2.5, costs)
+    assert (plan.tokens_per_batch, plan.grad_accum, plan.checkpointed) == (2048, 8, 2)
     assert plan.tokens_per_batch * plan.grad_accum == 4096 * 4
+    assert "full checkpointing" in plan.describe()
 
 
-def test_plan_memory_says_when_nothing_fits(checkpointed_model, fake_cuda):
+def test_plan_memory_counts_out_of_memory_as_not_fitting(checkpointed_model):
+    costs = Costs(checkpointed_model, oom_from_kept=1)
+    plan = _plan(checkpointed_model, 40, costs)
+    assert plan.checkpointed == 2
+    assert plan.tried[1][2] == float("inf")
+
+
+def test_plan_memory_says_when_nothing_fits(checkpointed_model):
     with pytest.raises(ConfigError, match="needs more than") as info:
-        plan_memory(
-            checkpointed_model,
-            1,
-            tokens_per_batch=2048,
-            grad_accum=1,
-            min_tokens=1024,
-            step=fake_cuda.step,
-        )
+        _plan(checkpointed_model, 1, Costs(checkpointed_model), tokens=2048, accum=1)
     assert info.value.field == "training.max_memory_gb"
+
+
+def test_a_stored_plan_of_either_format_is_read_back(checkpointed_model, tmp_path):
+    import json
+
+    from lorakit.fast import MemoryPlan
+
+    plan = _plan(checkpointed_model, 10, Costs(checkpointed_model))
+    stored = json.loads(json.dumps(plan.to_dict()))  # what memory_plan.json holds
+    assert MemoryPlan.from_dict(stored, layers=2) == plan
+    earlier = {  # written by an earlier version: every n-th layer, untimed trials
+        "checkpoint_every": 2,
+        "tokens_per_batch": 4096,
+        "grad_accum": 4,
+        "peak_gib": 8.2,
+        "tried": [["None", 4096, 12.3], ["2", 4096, 8.2]],
+    }
+    old = MemoryPlan.from_dict(earlier, layers=32)
+    assert (old.checkpointed, old.layers, old.tokens_per_batch, old.tried) == (16, 32, 4096, ())
+    assert MemoryPlan.from_dict({**earlier, "checkpoint_every": None}, layers=32).checkpointed == 0
+
+
+def test_memory_budget_setting_takes_gib_or_auto():
+    from lorakit.train import TrainingSpec
+
+    assert TrainingSpec(max_memory_gb="auto").max_memory_gb == "auto"
+    assert TrainingSpec(max_memory_gb=11).max_memory_gb == 11
+    for bad in ("lots", -1, 0):
+        with pytest.raises(ConfigError) as info:
+            TrainingSpec(max_memory_gb=bad)
+        assert info.value.field == "training.max_memory_gb"
 
 
 def test_liger_modes_on_a_machine_without_what_it_needs(checkpointed_model):

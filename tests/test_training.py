@@ -252,6 +252,10 @@ def test_cli_train_tiny_preset(tmp_path):
         main, ["train", "medqa_phi3_tiny", "--max-memory-gb", "-1"]
     )
     assert negative.exit_code == 2 and "training.max_memory_gb" in negative.output
+    words = CliRunner(env={"COLUMNS": "200"}).invoke(
+        main, ["train", "medqa_phi3_tiny", "--max-memory-gb", "lots"]
+    )
+    assert words.exit_code == 2 and "neither a number of GiB nor 'auto'" in words.output
     bad = CliRunner(env={"COLUMNS": "200"}).invoke(
         main, ["train", "medqa_phi3_tiny", "--set", "adapter.rnk=8"]
     )

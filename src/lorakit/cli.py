@@ -151,6 +151,17 @@ def recipe_from_args(preset_or_file: str, assignments: tuple[str, ...]) -> Any:
 _recipe = recipe_from_args
 
 
+def _budget(text: str) -> float | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is neither a number of GiB nor 'auto'", param_hint="--max-memory-gb"
+        ) from None
+
+
 @main.command("train")
 @click.argument("preset", metavar="PRESET_OR_FILE")
 @click.option(
@@ -165,10 +176,10 @@ _recipe = recipe_from_args
 )
 @click.option(
     "--max-memory-gb",
-    type=float,
-    metavar="G",
-    help="A GPU memory budget: checkpointing and micro-batch size are chosen to fit it "
-    "(the same as --set training.max_memory_gb=G).",
+    metavar="G|auto",
+    help="A GPU memory budget in GiB, or 'auto' (the memory free on the GPU): checkpointing "
+    "and micro-batch size are measured and the fastest that fits is kept (the same as --set "
+    "training.max_memory_gb=G).",
 )
 @click.option(
     "--dry-run",
@@ -196,7 +207,7 @@ def train_command(
     preset: str,
     assignments: tuple[str, ...],
     run_dir: str | None,
-    max_memory_gb: float | None,
+    max_memory_gb: str | None,
     dry_run: bool,
     private: bool,
     nproc: int,
@@ -206,7 +217,7 @@ def train_command(
     an unfinished run in --run-dir resumes from its last checkpoint."""
     recipe = _recipe(preset, assignments)
     if max_memory_gb is not None:
-        recipe = recipe.with_overrides({"training.max_memory_gb": max_memory_gb})
+        recipe = recipe.with_overrides({"training.max_memory_gb": _budget(max_memory_gb)})
     if private:
         recipe = recipe.with_overrides({"data.private": True})
     from lorakit.distributed import World, check_launch, launch_train, rank_errors

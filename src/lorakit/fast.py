@@ -151,36 +151,62 @@ def checkpoint_layers(model: Any) -> list[Any]:
     ]
 
 
-def set_checkpointing(model: Any, every: int | None) -> None:
-    """Recompute every layer (``every=1``), every n-th layer (selective), or none (``None``).
+def set_checkpointing(model: Any, every: int | None, *, count: int | None = None) -> None:
+    """Recompute every layer (``every=1``), every n-th layer (selective), or none (``None``);
+    or, with ``count``, the first ``count`` layers (the memory plan's choice: each layer's
+    activations cost the same, so which layers does not change the peak).
 
     Checkpointing must have been enabled once on the model (``apply_adapter`` does it);
     this switches individual decoder layers on or off.
     """
     layers = checkpoint_layers(model)
     for index, layer in enumerate(layers):
-        layer.gradient_checkpointing = every is not None and index % every == 0
+        if count is not None:
+            layer.gradient_checkpointing = index < count
+        else:
+            layer.gradient_checkpointing = every is not None and index % every == 0
+
+
+Trial = tuple[int, int, float, float]
+"""One measured setting: (layers recomputed, tokens per micro-batch, peak GiB, tokens/s);
+a peak of ``inf`` ran out of memory."""
 
 
 @attrs.frozen
 class MemoryPlan:
     """The checkpointing and micro-batch size chosen for a memory budget, with what was measured."""
 
-    checkpoint_every: int | None
+    checkpointed: int
+    layers: int
     tokens_per_batch: int
     grad_accum: int
     peak_gib: float
-    tried: tuple[tuple[str, int, float], ...]
+    budget_gib: float
+    tokens_per_s: float
+    tried: tuple[Trial, ...]
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> MemoryPlan:
-        """From :meth:`to_dict`'s JSON (a stored ``memory_plan.json``)."""
+    def from_dict(cls, data: Mapping[str, Any], layers: int) -> MemoryPlan:
+        """From :meth:`to_dict`'s JSON (a stored ``memory_plan.json``; one written by an
+        earlier version, with ``checkpoint_every``, too)."""
+        if "checkpointed" in data:
+            checkpointed = int(data["checkpointed"])
+        else:  # every n-th layer: ceil(layers / n) of them, none for null
+            every = data["checkpoint_every"]
+            checkpointed = 0 if every is None else -(-layers // int(every))
         return cls(
-            checkpoint_every=data["checkpoint_every"],
+            checkpointed=checkpointed,
+            layers=int(data.get("layers", layers)),
             tokens_per_batch=int(data["tokens_per_batch"]),
             grad_accum=int(data["grad_accum"]),
             peak_gib=float(data["peak_gib"]),
-            tried=tuple((str(m), int(t), float(p)) for m, t, p in data["tried"]),
+            budget_gib=float(data.get("budget_gib", 0.0)),
+            tokens_per_s=float(data.get("tokens_per_s", 0.0)),
+            tried=tuple(
+                (int(t[0]), int(t[1]), float(t[2]), float(t[3]))
+                for t in data["tried"]
+                if len(t) == 4  # an earlier version's trials had no timing
+            ),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -188,12 +214,16 @@ class MemoryPlan:
         return attrs.asdict(self)
 
     def describe(self) -> str:
-        mode = {None: "no checkpointing", 1: "full checkpointing"}.get(
-            self.checkpoint_every, f"selective checkpointing (every {self.checkpoint_every} layers)"
-        )
+        if self.checkpointed == 0:
+            mode = "no checkpointing"
+        elif self.checkpointed >= self.layers:
+            mode = "full checkpointing"
+        else:
+            mode = f"selective checkpointing ({self.checkpointed} of {self.layers} layers)"
         return (
-            f"memory budget: {mode}, {self.tokens_per_batch} tokens per micro-batch x {self.grad_accum}, "
-            f"measured peak {self.peak_gib:.2f} GiB"
+            f"memory budget {self.budget_gib:.1f} GiB: {mode}, {self.tokens_per_batch} tokens "
+            f"per micro-batch x {self.grad_accum}, measured peak {self.peak_gib:.2f} GiB, "
+            f"{self.tokens_per_s:,.0f} tokens/s in the trial step"
         )
 
 
@@ -206,47 +236,78 @@ def plan_memory(
     min_tokens: int,
     step: Callable[[int], None],
     headroom: float = 0.9,
+    measure: Callable[[int], tuple[float, float]] | None = None,
 ) -> MemoryPlan:
-    """Pick the fastest setting whose measured peak fits ``budget_gib`` x ``headroom``.
+    """Pick the fastest measured setting whose peak fits ``budget_gib`` x ``headroom``.
 
-    Tries, in order: no checkpointing, every 2nd layer, every layer, each at
-    ``tokens_per_batch``; then halves the micro-batch (doubling ``grad_accum``, so the
-    tokens per optimizer step stay the same) down to ``min_tokens``. ``step(tokens)``
-    must run one forward and backward pass of a worst-case micro-batch.
+    At ``tokens_per_batch`` tokens per micro-batch, then at half and a quarter of it (down to
+    ``min_tokens``; ``grad_accum`` doubles each time, so the tokens per optimizer step stay the
+    same), it tries recomputing all layers, three quarters, half, a quarter and none, in that
+    order, until one does not fit (less recomputation needs more memory), and times each that
+    fits. A micro-batch size at which no recomputation fits ends the search: no smaller one
+    is faster. ``step(tokens)`` runs one forward and backward pass of a worst-case micro-batch;
+    ``measure(tokens)`` (default: ``step`` twice on the GPU, the second timed) returns its
+    peak GiB and seconds.
     """
+    import math
+    import time
+
     import torch
 
+    def on_gpu(tokens: int) -> tuple[float, float]:
+        torch.cuda.empty_cache()
+        step(tokens)  # shapes, allocator and kernels warm
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        step(tokens)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / GIB, time.perf_counter() - start
+
+    measure = measure or on_gpu
+    layers = len(checkpoint_layers(model))
+    counts = sorted({layers, 3 * layers // 4, layers // 2, layers // 4, 0}, reverse=True)
     limit = budget_gib * headroom
-    tried: list[tuple[str, int, float]] = []
+    floor = max(min_tokens, tokens_per_batch // 4)
+    tried: list[Trial] = []
+    best: MemoryPlan | None = None
     tokens, accum = tokens_per_batch, grad_accum
     while True:
-        for every in (None, 2, 1):
-            set_checkpointing(model, every)
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
+        for count in counts:
+            set_checkpointing(model, None, count=count)
             try:
-                step(tokens)
-                peak = torch.cuda.max_memory_allocated() / GIB
+                peak, seconds = measure(tokens)
             except torch.OutOfMemoryError:
-                peak = float("inf")
+                peak, seconds = math.inf, math.inf
             model.zero_grad(set_to_none=True)
-            tried.append((str(every), tokens, peak))
-            if peak <= limit:
-                return MemoryPlan(every, tokens, accum, peak, tuple(tried))
-        if tokens // 2 < min_tokens:
-            raise ConfigError(
-                f"even full checkpointing with {tokens} tokens per micro-batch needs more than "
-                f"{limit:.1f} GiB ({headroom:.0%} of the {budget_gib} GiB budget)",
-                field="training.max_memory_gb",
-                hint="raise the budget, lower data.tokenize.max_len, or use a smaller model",
-            )
+            fits = peak <= limit
+            rate = round(tokens / seconds, 1) if fits and seconds > 0 else 0.0
+            tried.append((count, tokens, round(peak, 3), rate))
+            if not fits:
+                break
+            if best is None or rate > best.tokens_per_s:
+                best = MemoryPlan(
+                    count, layers, tokens, accum, round(peak, 3), budget_gib, rate, ()
+                )
+        if (tried[-1][:2] == (0, tokens) and tried[-1][2] <= limit) or tokens // 2 < floor:
+            break  # no recomputation fits: a smaller micro-batch cannot be faster
         tokens, accum = tokens // 2, accum * 2
+    if best is None:
+        raise ConfigError(
+            f"even full checkpointing with {tokens} tokens per micro-batch needs more than "
+            f"{limit:.1f} GiB ({headroom:.0%} of the {budget_gib:.1f} GiB budget)",
+            field="training.max_memory_gb",
+            hint="raise the budget, lower data.tokenize.max_len, or use a smaller model",
+        )
+    set_checkpointing(model, None, count=best.checkpointed)
+    return attrs.evolve(best, tried=tuple(tried))
 
 
 def fit_memory_budget(
     model: Any, training: TrainingSpec, max_len: int, plan_file: Path
 ) -> tuple[TrainingSpec, str]:
-    """Choose checkpointing and the packed micro-batch size that fit ``training.max_memory_gb``.
+    """Choose checkpointing and the packed micro-batch size that fit ``training.max_memory_gb``
+    (``"auto"``: the GPU memory free when the plan is made, plus what this process holds).
 
     The plan is stored in ``plan_file`` so that a resumed run trains exactly as it started.
     """
@@ -262,6 +323,11 @@ def fit_memory_budget(
         )
     assert training.max_memory_gb is not None
     device = next(p.device for p in model.parameters())
+    if training.max_memory_gb == "auto":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = (free + torch.cuda.memory_reserved(device)) / GIB
+    else:
+        budget = float(training.max_memory_gb)
     vocab = model.config.vocab_size
 
     def step(tokens: int) -> None:
@@ -274,24 +340,24 @@ def fit_memory_budget(
         loss.backward()
 
     capacity = training.tokens_per_batch or training.batch_size * max_len
+    layers = len(checkpoint_layers(model))
     if plan_file.exists():
-        plan = MemoryPlan.from_dict(read_json_object(plan_file, "the memory plan"))
+        plan = MemoryPlan.from_dict(read_json_object(plan_file, "the memory plan"), layers)
     else:
         plan = plan_memory(
             model,
-            training.max_memory_gb,
+            budget,
             tokens_per_batch=capacity,
             grad_accum=training.grad_accum,
             min_tokens=max_len,
             step=step,
         )
         write_json_atomic(plan_file, plan.to_dict())
-    set_checkpointing(model, plan.checkpoint_every)
+    set_checkpointing(model, None, count=plan.checkpointed)
     chosen = attrs.evolve(
         training,
         tokens_per_batch=plan.tokens_per_batch,
         grad_accum=plan.grad_accum,
-        checkpoint_every=plan.checkpoint_every or 1,
-        gradient_checkpointing=plan.checkpoint_every is not None,
+        gradient_checkpointing=plan.checkpointed > 0,
     )
     return chosen, plan.describe()

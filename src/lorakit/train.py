@@ -92,6 +92,20 @@ class StopRequest:
         return StopAtStep()
 
 
+_budget = number("training", gt=0)
+
+
+def _memory_budget(instance: Any, attribute: Any, value: Any) -> None:
+    """``None``, ``"auto"`` or a number of GiB above 0."""
+    if value is None or value == "auto":
+        return
+    if isinstance(value, str):
+        raise ConfigError(
+            f"must be a number of GiB or 'auto', not {value!r}", field="training.max_memory_gb"
+        )
+    _budget(instance, attribute, value)
+
+
 def _trackers(value: Any) -> tuple[str, ...]:
     """``"tensorboard,mlflow"`` or a list of names; ``"none"`` (or nothing) reports to none."""
     items = value.split(",") if isinstance(value, str) else list(value)
@@ -150,8 +164,10 @@ class TrainingSpec:
         fused_lora: compute each LoRA layer as one fused product added to the base output
             (``addmm``) in the compute dtype, instead of PEFT's separate kernels, casts and
             copies; the same function (see :func:`lorakit.fast.fuse_lora`).
-        max_memory_gb: a GPU memory budget; lorakit then picks checkpointing (none, selective,
-            full) and the packed micro-batch size that fit it, by measuring one step of each.
+        max_memory_gb: a GPU memory budget in GiB, or ``"auto"`` (the memory free on the GPU
+            when training starts); lorakit then picks how many layers to recompute (all, some,
+            none) and the packed micro-batch size, measuring one step of each setting and
+            keeping the fastest that fits (see :func:`lorakit.fast.plan_memory`).
         seed: seed of the run (data order, adapter initialisation, dropout).
         report_to: experiment trackers the run reports to (``tensorboard``, ``mlflow``, or a
             plugin's, see :mod:`lorakit.tracking`); ``--set training.report_to=tensorboard,mlflow``.
@@ -204,9 +220,8 @@ class TrainingSpec:
     checkpoint_every: int = attrs.field(default=1, validator=number("training", ge=1))
     liger: Literal["auto", "on", "off"] = "auto"
     fused_lora: bool = True
-    max_memory_gb: float | None = attrs.field(
-        default=None,
-        validator=number("training", gt=0, optional=True),
+    max_memory_gb: float | Literal["auto"] | None = attrs.field(
+        default=None, validator=_memory_budget
     )
     seed: int = 42
     report_to: tuple[str, ...] = attrs.field(default=(), converter=_trackers)
