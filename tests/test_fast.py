@@ -103,6 +103,14 @@ def test_plan_memory_halves_the_micro_batch_keeping_tokens_per_step(checkpointed
     assert "full checkpointing" in plan.describe()
 
 
+def test_plan_memory_goes_below_a_quarter_only_while_nothing_fits(checkpointed_model):
+    costs = Costs(checkpointed_model)
+    # Limit 1.08 GiB: full recomputation needs 4.6 / 2.55 / 1.52 GiB at 8192 / 4096 / 2048
+    # tokens and 1.01 at 1024, an eighth of the micro-batch.
+    plan = _plan(checkpointed_model, 1.2, costs, tokens=8192, accum=1)
+    assert (plan.tokens_per_batch, plan.grad_accum, plan.checkpointed) == (1024, 8, 2)
+
+
 def test_plan_memory_counts_out_of_memory_as_not_fitting(checkpointed_model):
     costs = Costs(checkpointed_model, oom_from_kept=1)
     plan = _plan(checkpointed_model, 40, costs)

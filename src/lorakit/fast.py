@@ -240,12 +240,12 @@ def plan_memory(
 ) -> MemoryPlan:
     """Pick the fastest measured setting whose peak fits ``budget_gib`` x ``headroom``.
 
-    At ``tokens_per_batch`` tokens per micro-batch, then at half and a quarter of it (down to
-    ``min_tokens``; ``grad_accum`` doubles each time, so the tokens per optimizer step stay the
-    same), it tries recomputing all layers, three quarters, half, a quarter and none, in that
-    order, until one does not fit (less recomputation needs more memory), and times each that
-    fits. A micro-batch size at which no recomputation fits ends the search: no smaller one
-    is faster. ``step(tokens)`` runs one forward and backward pass of a worst-case micro-batch;
+    At ``tokens_per_batch`` tokens per micro-batch, then at half and a quarter of it, and
+    smaller still while nothing fits (down to ``min_tokens``; ``grad_accum`` doubles each
+    time, so the tokens per optimizer step stay the same), it tries recomputing all layers,
+    three quarters, half, a quarter and none, in that order, until one does not fit (less
+    recomputation needs more memory), and times each that fits. A micro-batch size at which no
+    recomputation fits ends the search: no smaller one is faster. ``step(tokens)`` runs one forward and backward pass of a worst-case micro-batch;
     ``measure(tokens)`` (default: ``step`` twice on the GPU, the second timed) returns its
     peak GiB and seconds.
     """
@@ -268,7 +268,7 @@ def plan_memory(
     layers = len(checkpoint_layers(model))
     counts = sorted({layers, 3 * layers // 4, layers // 2, layers // 4, 0}, reverse=True)
     limit = budget_gib * headroom
-    floor = max(min_tokens, tokens_per_batch // 4)
+    explore_floor = tokens_per_batch // 4
     tried: list[Trial] = []
     best: MemoryPlan | None = None
     tokens, accum = tokens_per_batch, grad_accum
@@ -289,9 +289,14 @@ def plan_memory(
                 best = MemoryPlan(
                     count, layers, tokens, accum, round(peak, 3), budget_gib, rate, ()
                 )
-        if (tried[-1][:2] == (0, tokens) and tried[-1][2] <= limit) or tokens // 2 < floor:
-            break  # no recomputation fits: a smaller micro-batch cannot be faster
-        tokens, accum = tokens // 2, accum * 2
+        smaller = tokens // 2
+        if (
+            (tried[-1][:2] == (0, tokens) and tried[-1][2] <= limit)  # none smaller is faster
+            or smaller < min_tokens
+            or (best is not None and smaller < explore_floor)
+        ):
+            break
+        tokens, accum = smaller, accum * 2
     if best is None:
         raise ConfigError(
             f"even full checkpointing with {tokens} tokens per micro-batch needs more than "
