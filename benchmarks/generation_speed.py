@@ -180,9 +180,8 @@ def main() -> None:
                     "new_tokens_per_s": round(best or 0, 1),
                     "warmup_s": round(warmup, 1),
                 }
-                if mode.startswith(
-                    ("lorakit", "compiled")
-                ):  # which decoding path ran: graph, static or dynamic
+                # which decoding path ran: graph, static or dynamic
+                if mode in ("lorakit", "compiled"):
                     from lorakit.decoding import last_decode_info
 
                     row["decode"] = last_decode_info()
