@@ -133,6 +133,10 @@ def test_report_and_metrics_say_what_the_run_cost(tmp_path):
     assert cost.tokens_per_s is not None and cost.tokens_per_s > 0
     assert set(cost.wall_s) >= {"load", "data", "train", "eval", "save", "total"}
     assert cost.device == "cpu" and cost.peak_gpu_allocated_gib is None
+    evals = [r["eval_runtime"] for r in records(result.run_dir) if "eval_runtime" in r]
+    assert len(evals) == 2  # steps 3 and 6
+    assert cost.wall_s["train_evaluations"] == pytest.approx(sum(evals), abs=2e-3)
+    assert 0 < cost.wall_s["train_evaluations"] < cost.wall_s["train"]
     logged = [r for r in records(result.run_dir) if "loss" in r]
     assert [r["step"] for r in logged] == [1, 2, 3, 4, 5, 6]
     tokens = [r["tokens"] for r in logged]

@@ -93,8 +93,9 @@ def run_cost(
     counter: TokenCounter | None,
     peak_by_rank: tuple[float, ...] | None = None,
 ) -> RunCost:
-    """Tokens, throughput, wall time per phase, the device and its peak memory; with
-    several processes, their number and each one's peak GPU memory while training."""
+    """Tokens, throughput, wall time per phase (with ``train_evaluations``, the evaluations
+    inside ``train``), the device and its peak memory; with several processes, their number
+    and each one's peak GPU memory while training."""
     import torch
 
     from lorakit.run_report import RunCost
@@ -102,6 +103,8 @@ def run_cost(
     gib = 2**30
     cuda = torch.cuda.is_available()
     wall = {k: round(v, 3) for k, v in ctx.wall_s.items()}
+    if counter is not None and counter.eval_seconds:  # part of "train"
+        wall["train_evaluations"] = round(counter.eval_seconds, 3)
     wall["total"] = round((dt.datetime.now(dt.timezone.utc) - ctx.started).total_seconds(), 3)
     rate = counter.rate() if counter is not None else None
     return RunCost(

@@ -55,7 +55,11 @@ def metrics_callback(
         def on_log(
             self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
         ) -> None:
-            if not logs or not state.is_world_process_zero:
+            if not logs:
+                return
+            if counter is not None and isinstance(logs.get("eval_runtime"), (int, float)):
+                counter.eval_seconds += float(logs["eval_runtime"])
+            if not state.is_world_process_zero:
                 return
             record = {"step": state.global_step, "epoch": state.epoch, **logs}
             if counter is not None and "loss" in logs:

@@ -92,12 +92,14 @@ REAL_TOKENS = "lorakit_real_tokens"
 
 @attrs.define
 class TokenCounter:
-    """Real (non-padding) tokens trained, over the whole run and in this process."""
+    """Real (non-padding) tokens trained, over the whole run and in this process, and the
+    seconds this process spent in evaluations during training."""
 
     tokens: int = 0
     session_tokens: int = 0
     started: float | None = None
     seconds: float = 0.0
+    eval_seconds: float = 0.0
 
     def add(self, tokens: int) -> None:
         if self.started is None:
