@@ -35,7 +35,10 @@ from. The variants:
 A variant may carry overrides: ``default:sdpa`` (attention implementation),
 ``default+tokens_per_batch=4096+grad_accum=4`` (``training.*`` settings; a dotted name such
 as ``+data.order=length_curriculum`` sets any recipe setting), ``+warmup=N``
-(its own warm-up steps) and, for ``seed`` and ``unsloth``, ``+pad_to_multiple_of=64``
+(its own warm-up steps), ``+cap_gib=G`` (PyTorch's allocator capped at G GiB with
+``torch.cuda.set_per_process_memory_fraction``, what a smaller card leaves; with
+``+max_memory_gb=auto`` lorakit plans within it) and, for ``seed`` and ``unsloth``,
+``+pad_to_multiple_of=64``
 (fewer distinct shapes; Unsloth compiles each decoder layer, and every new shape costs a
 recompilation, so give it that and a longer warm-up to see its steady state).
 
@@ -286,6 +289,7 @@ def make_timer(warmup: int, steps: int, counter: dict, profile: Path | None = No
                 counter["tokens_at_t1"] = counter["tokens"]
                 counter["padded_at_t1"] = counter["padded"]
                 counter["peak"] = torch.cuda.max_memory_allocated()
+                counter["peak_reserved"] = torch.cuda.max_memory_reserved()
                 if profile is not None:
                     self.profiler = torch.profiler.profile(
                         activities=[
@@ -528,6 +532,13 @@ def worker(args: argparse.Namespace) -> None:
     settings = dict(item.split("=", 1) for item in extra)
     warmup = int(settings.pop("warmup", args.warmup))
     pad_to = int(settings.pop("pad_to_multiple_of", 0)) or None
+    cap = settings.pop("cap_gib", None)
+    if cap is not None:  # what a smaller card leaves: PyTorch's allocator capped
+        import torch
+
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(float(cap) * 2**30 / total, 0)
+        out["cap_gib"] = float(cap)
     if name == "seed":
         run_seed(args.model, examples, args.steps, warmup, out, profile, pad_to)
     elif name == "unsloth":
@@ -557,6 +568,8 @@ def worker(args: argparse.Namespace) -> None:
         "real_tokens_per_s": round(real / seconds),
         "padding_share": round(1 - real / padded, 3) if padded else 0.0,
         "peak_gib": round(out["peak"] / 2**30, 2),
+        "peak_reserved_gib": round(out.get("peak_reserved", 0) / 2**30, 2),
+        "cap_gib": out.get("cap_gib"),
         "mfu": round(6 * params * real / seconds / PEAK_FLOPS, 3),
         "notes": out.get("notes", []),
     }
@@ -695,16 +708,17 @@ def main() -> None:
         "versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
         baseline_line(baseline),
         "",
-        "| variant | real tokens/s | padding share | peak GiB | MFU | vs seed |",
-        "|---|---|---|---|---|---|",
+        "| variant | real tokens/s | padding share | peak GiB | peak reserved GiB | MFU | vs seed |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['variant']} | failed ({r['error']}) | | | | |")
+            lines.append(f"| {r['variant']} | failed ({r['error']}) | | | | | |")
             continue
         ratio = f"{r['real_tokens_per_s'] / base:.2f}x" if base else "-"
         lines.append(
-            f"| {r['variant']} | {r['real_tokens_per_s']:,} | {r['padding_share']:.1%} | {r['peak_gib']} | {r['mfu']:.1%} | {ratio} |"
+            f"| {r['variant']} | {r['real_tokens_per_s']:,} | {r['padding_share']:.1%} | "
+            f"{r['peak_gib']} | {r.get('peak_reserved_gib', '')} | {r['mfu']:.1%} | {ratio} |"
         )
     table = "\n".join(lines)
     print(table)

@@ -312,7 +312,8 @@ def fit_memory_budget(
     model: Any, training: TrainingSpec, max_len: int, plan_file: Path
 ) -> tuple[TrainingSpec, str]:
     """Choose checkpointing and the packed micro-batch size that fit ``training.max_memory_gb``
-    (``"auto"``: the GPU memory free when the plan is made, plus what this process holds).
+    (``"auto"``: the GPU memory free when the plan is made, plus what this process holds,
+    within the process's memory fraction when one is set).
 
     The plan is stored in ``plan_file`` so that a resumed run trains exactly as it started.
     """
@@ -329,8 +330,11 @@ def fit_memory_budget(
     assert training.max_memory_gb is not None
     device = next(p.device for p in model.parameters())
     if training.max_memory_gb == "auto":
-        free, _ = torch.cuda.mem_get_info(device)
+        free, total = torch.cuda.mem_get_info(device)
         budget = (free + torch.cuda.memory_reserved(device)) / GIB
+        fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+        if fraction is not None:  # a cap set with torch.cuda.set_per_process_memory_fraction
+            budget = min(budget, fraction(device) * total / GIB)
     else:
         budget = float(training.max_memory_gb)
     vocab = model.config.vocab_size
