@@ -304,10 +304,11 @@ def page_state(
         folder = base / "work"
         folder.mkdir()
         inside = block.page.parent.relative_to(ROOT)
+        home = inside.parts[0] if inside.parts and inside.parts[0] in LINKED else None
         for name in LINKED:
-            if inside.parts[:1] != (name,):
+            if name != home:
                 (folder / name).symlink_to(ROOT / name, target_is_directory=True)
-        if inside.parts:  # a page in a repository folder runs there, among that folder's files
+        if home is not None:  # examples/medqa/README.md runs in its folder, among its files
             folder = folder / inside
             folder.mkdir(parents=True)
             for entry in block.page.parent.iterdir():
