@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -64,3 +72,54 @@ def tiny_tokenizer(tiny_phi3: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_phi3)
+
+
+@contextlib.contextmanager
+def _lorakit_on_a_port(args: Sequence[str], timeout_s: float = 60.0) -> Iterator[str]:
+    """``lorakit ARGS --port N`` in its own process on 127.0.0.1: its URL once ``GET /health``
+    answers 200; stopped afterwards. Fails the test, with the command's output, when it stops
+    or does not answer within ``timeout_s``."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    command = [sys.executable, "-c", "from lorakit.cli import main; main()", *args]
+    with tempfile.TemporaryFile("w+") as output:
+        process = subprocess.Popen(
+            [*command, "--port", str(port)], stdout=output, stderr=subprocess.STDOUT, text=True
+        )
+
+        def said() -> str:
+            output.seek(0)
+            return output.read()[-3000:]
+
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                if process.poll() is not None:
+                    pytest.fail(f"`lorakit {args[0]}` stopped: {said()}")
+                try:
+                    with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                        if response.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(
+                        f"`lorakit {args[0]}` did not answer in {timeout_s:.0f} s: {said()}"
+                    )
+                time.sleep(0.2)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture(scope="session")
+def lorakit_server():
+    """Start a lorakit server command: ``with lorakit_server(["serve", run]) as url: ...``."""
+    return _lorakit_on_a_port

@@ -6,10 +6,6 @@ import csv
 import io
 import json
 import re
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -264,44 +260,11 @@ def test_cli_summary_export_and_errors(answers: Path):
 # --------------------------------------------------------------------------- the page, over HTTP
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture()
-def server(answers: Path) -> Iterator[tuple[str, Path]]:
-    httpx = pytest.importorskip("httpx")
+def server(answers: Path, lorakit_server) -> Iterator[tuple[str, Path]]:
     pytest.importorskip("uvicorn")
-    port = _free_port()
-    command = [sys.executable, "-c", "from lorakit.cli import main; main()", "review", str(answers)]
-    process = subprocess.Popen(
-        [*command, "--sample", "6", "--seed", "2", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(
-                    f"the review server stopped: {process.stdout.read() if process.stdout else ''}"
-                )
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("the review server did not start in 60 s")
-            time.sleep(0.2)
+    with lorakit_server(["review", str(answers), "--sample", "6", "--seed", "2"]) as url:
         yield url, answers.parent / "review-answers" / "grades.jsonl"
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 def _form(html: str) -> dict[str, str]:

@@ -17,11 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -165,48 +160,17 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture()
-def review_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+def review_server(tmp_path: Path, lorakit_server) -> Iterator[tuple[str, Path]]:
     """``lorakit review RUN --port N`` on a run directory; yields its URL and grades file."""
     pytest.importorskip("uvicorn")
     run = tmp_path / "run"
     (run / "eval").mkdir(parents=True)
     answers = run / "eval" / "test_answers_adapter.jsonl"
     answers.write_text("".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8")
-    port = _free_port()
-    command = [sys.executable, "-c", "from lorakit.cli import main; main()", "review", str(run)]
-    process = subprocess.Popen(
-        [*command, "--sample", str(len(ROWS)), "--seed", "5", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            if process.poll() is not None:
-                output = process.stdout.read() if process.stdout else ""
-                pytest.fail(f"the review server stopped: {output}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("the review server did not start in 60 s")
-            time.sleep(0.2)
+    args = ["review", str(run), "--sample", str(len(ROWS)), "--seed", "5"]
+    with lorakit_server(args) as url:
         yield url, run / "eval" / "review-test_answers_adapter" / "grades.jsonl"
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 def _grade_on_page(page: Any) -> str:
