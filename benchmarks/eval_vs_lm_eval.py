@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-LETTERS = "ABCDEFGHIJ"
+from lorakit.data.rows import LETTERS
+
 DOC_TO_TEXT = (
     "{% if context %}Context: {{ context.strip() }}\nQuestion: {{ question.strip() }}"
     "{% else %}{{ question.strip() }}{% endif %}"
@@ -73,6 +74,9 @@ def load_model(name: str) -> tuple[Any, Any]:
 
 
 def write_task(folder: Path, name: str, rows: list[Any], choices: str, description: str) -> None:
+    """An lm-evaluation-harness task (YAML + JSON lines in ``folder``) whose Jinja templates
+    rebuild lorakit's prompt from the raw fields, exemplars drawn first-n from its own rows,
+    scored by ``acc`` and ``acc_norm`` (also used by tests/test_lm_eval_agreement.py)."""
     import yaml
 
     docs = [
@@ -95,12 +99,18 @@ def write_task(folder: Path, name: str, rows: list[Any], choices: str, descripti
         "dataset_path": "json",
         "dataset_kwargs": {"data_files": {"test": str(data)}, "cache_dir": str(folder / "cache")},
         "test_split": "test",
+        "fewshot_split": "test",
+        "fewshot_config": {"sampler": "first_n"},
         "output_type": "multiple_choice",
         "doc_to_text": DOC_TO_TEXT,
         "doc_to_choice": choices,
         "doc_to_target": "answer",
         "target_delimiter": " ",
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+        "fewshot_delimiter": "\n\n",
+        "metric_list": [
+            {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+            {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
+        ],
     }
     if description:
         config["description"] = description

@@ -10,11 +10,12 @@ build the same context strings, that every item's per-option log-likelihoods agr
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
-from lorakit.data.rows import LETTERS
 from lorakit.evaluate.benchmarks import BENCHMARKS, MMLU_MEDICAL_SUBJECTS, load_benchmark
 from lorakit.evaluate.mcq import MCQPrompt, score_loglikelihood
 from lorakit.evaluate.spec import BenchSpec
@@ -27,18 +28,22 @@ yaml = pytest.importorskip("yaml")
 
 pytestmark = pytest.mark.slow
 
-# lorakit's prompt (lorakit.evaluate.mcq.MCQPrompt), rebuilt from the raw fields in Jinja.
-DOC_TO_TEXT = (
-    "{% if context %}Context: {{ context.strip() }}\nQuestion: {{ question.strip() }}"
-    "{% else %}{{ question.strip() }}{% endif %}"
-    "{% if show_options %}{% for option in options %}\n"
-    "{{ 'ABCDEFGHIJ'[loop.index0] }}. {{ option.strip() }}{% endfor %}{% endif %}"
-    "\nAnswer:"
-)
-MMLU_DESCRIPTION = (
-    "The following are multiple choice questions (with answers) about "
-    "{{ subject.replace('_', ' ') }}.\n\n"
-)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _speed_benchmark():
+    """benchmarks/eval_vs_lm_eval.py: its task writer rebuilds lorakit's prompt for the harness."""
+    spec = importlib.util.spec_from_file_location(
+        "eval_vs_lm_eval", ROOT / "benchmarks" / "eval_vs_lm_eval.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+BENCH = _speed_benchmark()
+MMLU_DESCRIPTION = BENCH.MMLU_DESCRIPTION
 TOLERANCE = 1e-4
 
 
@@ -56,46 +61,8 @@ def tiny_lm(tiny_phi3):
     return AutoModelForCausalLM.from_pretrained(tiny_phi3), AutoTokenizer.from_pretrained(tiny_phi3)
 
 
-def _docs(rows, choices):
-    return [
-        {
-            "question": row.question,
-            "context": row.context,
-            "options": list(row.options),
-            "show_options": choices == "letters",
-            "letters": list(LETTERS[: len(row.options)]),
-            "texts": [option.strip() for option in row.options],
-            "subject": row.category or "",
-            "answer": row.answer_index,
-        }
-        for row in rows
-    ]
-
-
 def _task(folder, name, rows, choices, description=""):
-    data = folder / f"{name}.jsonl"
-    data.write_text("".join(json.dumps(d) + "\n" for d in _docs(rows, choices)), encoding="utf-8")
-    config = {
-        "task": name,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(data)}, "cache_dir": str(folder / "cache")},
-        "test_split": "test",
-        "fewshot_split": "test",
-        "fewshot_config": {"sampler": "first_n"},
-        "output_type": "multiple_choice",
-        "doc_to_text": DOC_TO_TEXT,
-        "doc_to_choice": choices,
-        "doc_to_target": "answer",
-        "target_delimiter": " ",
-        "fewshot_delimiter": "\n\n",
-        "metric_list": [
-            {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
-            {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
-        ],
-    }
-    if description:
-        config["description"] = description
-    (folder / f"{name}.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    BENCH.write_task(folder, name, rows, choices, description)
 
 
 def _run_harness(harness, folder, tasks, shots, limit=None):
@@ -224,9 +191,8 @@ def test_speed_benchmark_scores_both_and_they_agree(shared_data, tmp_path):
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     out = tmp_path / "speed.json"
     subprocess.run(
         [
