@@ -65,6 +65,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from lorakit.testing import PHI3_MINI_CONFIG
 
@@ -664,8 +665,9 @@ def main() -> None:
     model_dir = work / "phi3-mini-random"
     build_model(model_dir)
     torch.cuda.empty_cache()
-    results = []
-    for variant in args.variants.split(","):
+    results: list[dict[str, Any]] = []
+    variants = args.variants.split(",")
+    for variant in variants:
         result_file = work / f"{variant}.json"
         cmd = [
             sys.executable,
@@ -697,8 +699,21 @@ def main() -> None:
         done = subprocess.run(cmd, env=env)
         if done.returncode != 0 or not result_file.exists():
             results.append({"variant": variant, "error": f"exit code {done.returncode}"})
-            continue
-        results.append(json.loads(result_file.read_text()))
+        else:
+            results.append(json.loads(result_file.read_text()))
+        # After every variant, so that a run stopped by a time limit keeps what it measured.
+        write_results(args, results, lengths, lengths_origin, final=variant == variants[-1])
+
+
+def write_results(
+    args: argparse.Namespace,
+    results: list[dict[str, Any]],
+    lengths: list[int],
+    lengths_origin: str,
+    final: bool,
+) -> None:
+    import torch
+
     baseline = seed_baseline(results)
     base = baseline.get("real_tokens_per_s") if baseline else None
     lines = [
@@ -721,7 +736,7 @@ def main() -> None:
             f"{r['peak_gib']} | {r.get('peak_reserved_gib', '')} | {r['mfu']:.1%} | {ratio} |"
         )
     table = "\n".join(lines)
-    print(table)
+    print(table if final else lines[-1], flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"{dt.date.today()}-train-throughput-{torch.cuda.get_device_name().replace(' ', '-')}"
     (args.out / f"{stem}.md").write_text(table + "\n")
