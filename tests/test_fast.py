@@ -86,6 +86,25 @@ def test_plan_memory_keeps_the_fastest_measured_setting_that_fits(checkpointed_m
     assert [layer.gradient_checkpointing for layer in layers] == [True, False]  # left as chosen
 
 
+def test_plan_memory_bisects_to_the_fewest_layers_recomputed_that_fit():
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    config = Phi3Config(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=16,
+        num_attention_heads=2, num_key_value_heads=2, pad_token_id=0,
+    )  # fmt: skip
+    model = Phi3ForCausalLM(config)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    costs = Costs(model)
+    # Limit 9 GiB at 4096 tokens: 2.55 GiB + 4.1 per layer kept. 12 recomputed (4 kept) does
+    # not fit; between 16 and 12, 14 (2 kept, 10.74) does not and 15 (one kept, 6.64) does.
+    plan = _plan(model, 10, costs)
+    assert [t[0] for t in plan.tried if t[1] == 4096] == [16, 12, 14, 15]
+    assert (plan.checkpointed, plan.tokens_per_batch) == (15, 4096)
+    assert "selective checkpointing (15 of 16 layers)" in plan.describe()
+    assert sum(layer.gradient_checkpointing for layer in checkpoint_layers(model)) == 15
+
+
 def test_plan_memory_stops_at_no_recomputation(checkpointed_model):
     costs = Costs(checkpointed_model)
     plan = _plan(checkpointed_model, 40, costs)

@@ -244,8 +244,10 @@ def plan_memory(
     smaller still while nothing fits (down to ``min_tokens``; ``grad_accum`` doubles each
     time, so the tokens per optimizer step stay the same), it tries recomputing all layers,
     three quarters, half, a quarter and none, in that order, until one does not fit (less
-    recomputation needs more memory), and times each that fits. A micro-batch size at which no
-    recomputation fits ends the search: no smaller one is faster. ``step(tokens)`` runs one forward and backward pass of a worst-case micro-batch;
+    recomputation needs more memory), then bisects between the last that fit and the first
+    that did not (the fewest layers recomputed that fit), and times each that fits. A
+    micro-batch size at which no recomputation fits ends the search: no smaller one is faster.
+    ``step(tokens)`` runs one forward and backward pass of a worst-case micro-batch;
     ``measure(tokens)`` (default: ``step`` twice on the GPU, the second timed) returns its
     peak GiB and seconds.
     """
@@ -271,27 +273,41 @@ def plan_memory(
     explore_floor = tokens_per_batch // 4
     tried: list[Trial] = []
     best: MemoryPlan | None = None
+
+    def fits(count: int, tokens: int, accum: int) -> bool:
+        nonlocal best
+        set_checkpointing(model, None, count=count)
+        try:
+            peak, seconds = measure(tokens)
+        except torch.OutOfMemoryError:
+            peak, seconds = math.inf, math.inf
+        model.zero_grad(set_to_none=True)
+        ok = peak <= limit
+        rate = round(tokens / seconds, 1) if ok and seconds > 0 else 0.0
+        tried.append((count, tokens, round(peak, 3), rate))
+        if ok and (best is None or rate > best.tokens_per_s):
+            best = MemoryPlan(count, layers, tokens, accum, round(peak, 3), budget_gib, rate, ())
+        return ok
+
     tokens, accum = tokens_per_batch, grad_accum
     while True:
+        fitted: int | None = None  # the fewest layers recomputed that fit so far
         for count in counts:
-            set_checkpointing(model, None, count=count)
-            try:
-                peak, seconds = measure(tokens)
-            except torch.OutOfMemoryError:
-                peak, seconds = math.inf, math.inf
-            model.zero_grad(set_to_none=True)
-            fits = peak <= limit
-            rate = round(tokens / seconds, 1) if fits and seconds > 0 else 0.0
-            tried.append((count, tokens, round(peak, 3), rate))
-            if not fits:
-                break
-            if best is None or rate > best.tokens_per_s:
-                best = MemoryPlan(
-                    count, layers, tokens, accum, round(peak, 3), budget_gib, rate, ()
-                )
+            if fits(count, tokens, accum):
+                fitted = count
+                continue
+            # Between the last count that fit and this one: bisect to the fewest that fit.
+            low, high = count, fitted
+            while high is not None and high - low > 1:
+                middle = (low + high) // 2
+                if fits(middle, tokens, accum):
+                    high = middle
+                else:
+                    low = middle
+            break
         smaller = tokens // 2
         if (
-            (tried[-1][:2] == (0, tokens) and tried[-1][2] <= limit)  # none smaller is faster
+            fitted == 0  # nothing recomputed fits: no smaller micro-batch is faster
             or smaller < min_tokens
             or (best is not None and smaller < explore_floor)
         ):
