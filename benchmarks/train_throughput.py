@@ -509,9 +509,10 @@ def run_lorakit(
     }
     recipe = recipe.with_overrides(overrides)
     counter = {"tokens": 0, "padded": 0}
+    run_dir = Path(tempfile.mkdtemp()) / "run"
     trainer, notes = lorakit_trainer(
         recipe,
-        Path(tempfile.mkdtemp()) / "run",
+        run_dir,
         examples,
         [make_timer(warmup, steps, counter, profile)],
     )
@@ -520,6 +521,9 @@ def run_lorakit(
     trainer.train()
     out.update(counter)
     out["notes"] = [n for n in notes if n]
+    plan = run_dir / "memory_plan.json"
+    if plan.exists():  # with a memory budget: every setting the planner measured
+        out["memory_plan"] = json.loads(plan.read_text())
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -573,6 +577,7 @@ def worker(args: argparse.Namespace) -> None:
         "cap_gib": out.get("cap_gib"),
         "mfu": round(6 * params * real / seconds / PEAK_FLOPS, 3),
         "notes": out.get("notes", []),
+        "memory_plan": out.get("memory_plan"),
     }
     Path(args.result).write_text(json.dumps(result))
 
