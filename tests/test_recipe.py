@@ -16,7 +16,7 @@ from lorakit.data.tokenize import Example
 from lorakit.errors import ConfigError
 from lorakit.model import ModelSpec, QuantSpec
 from lorakit.overrides import apply_overrides, dotted_keys, parse_assignment
-from lorakit.presets import medqa_phi3, medqa_phi3_tiny
+from lorakit.presets import medqa_phi3, medqa_phi3_speed, medqa_phi3_tiny
 from lorakit.recipe import Recipe, prepare_run_dir
 from lorakit.train import (
     QACollator,
@@ -239,6 +239,11 @@ def test_medqa_phi3_has_the_seed_values():
     assert t.gradient_checkpointing is True
     assert (t.eval_steps, t.save_steps) == (100, 100)
     assert t.load_best is True
+    # On a GPU the memory plan keeps the fastest setting that fits the memory free there; the
+    # speed mode and the CPU demo train exactly as written.
+    assert t.max_memory_gb == "auto"
+    assert medqa_phi3_speed.training.max_memory_gb is None
+    assert medqa_phi3_tiny.training.max_memory_gb is None
 
 
 def test_importing_presets_imports_no_torch():

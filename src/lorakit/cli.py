@@ -151,14 +151,15 @@ def recipe_from_args(preset_or_file: str, assignments: tuple[str, ...]) -> Any:
 _recipe = recipe_from_args
 
 
-def _budget(text: str) -> float | str:
-    if text.strip().lower() == "auto":
-        return "auto"
+def _budget(text: str) -> float | str | None:
+    word = text.strip().lower()
+    if word in ("auto", "off"):
+        return None if word == "off" else word
     try:
         return float(text)
     except ValueError:
         raise click.BadParameter(
-            f"{text!r} is neither a number of GiB nor 'auto'", param_hint="--max-memory-gb"
+            f"{text!r} is neither a number of GiB, 'auto' nor 'off'", param_hint="--max-memory-gb"
         ) from None
 
 
@@ -176,9 +177,10 @@ def _budget(text: str) -> float | str:
 )
 @click.option(
     "--max-memory-gb",
-    metavar="G|auto",
-    help="A GPU memory budget in GiB, or 'auto' (the memory free on the GPU): checkpointing "
-    "and micro-batch size are measured and the fastest that fits is kept (the same as --set "
+    metavar="G|auto|off",
+    help="A GPU memory budget in GiB, or 'auto' (the memory free on the GPU; medqa_phi3's "
+    "default): checkpointing and micro-batch size are measured and the fastest that fits is "
+    "kept. 'off' trains with the recipe's own settings (the same as --set "
     "training.max_memory_gb=G).",
 )
 @click.option(

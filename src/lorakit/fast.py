@@ -329,15 +329,24 @@ def fit_memory_budget(
 ) -> tuple[TrainingSpec, str]:
     """Choose checkpointing and the packed micro-batch size that fit ``training.max_memory_gb``
     (``"auto"``: the GPU memory free when the plan is made, plus what this process holds,
-    within the process's memory fraction when one is set).
+    within the process's memory fraction when one is set; without a CUDA GPU or packing,
+    ``"auto"`` keeps the recipe's settings).
 
     The plan is stored in ``plan_file`` so that a resumed run trains exactly as it started.
     """
     import torch
 
+    auto = training.max_memory_gb == "auto"
     if not torch.cuda.is_available():
+        if auto:  # the recipe's own settings, as planned for a machine without a GPU
+            return training, ""
         return training, f"no CUDA GPU: training.max_memory_gb={training.max_memory_gb} is ignored"
     if not training.packing:
+        if auto:
+            return (
+                training,
+                "no memory plan: training.max_memory_gb=auto sizes packed micro-batches",
+            )
         raise ConfigError(
             "the memory budget sizes packed micro-batches",
             field="training.max_memory_gb",
@@ -345,7 +354,7 @@ def fit_memory_budget(
         )
     assert training.max_memory_gb is not None
     device = next(p.device for p in model.parameters())
-    if training.max_memory_gb == "auto":
+    if auto:
         free, total = torch.cuda.mem_get_info(device)
         budget = (free + torch.cuda.memory_reserved(device)) / GIB
         fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)

@@ -439,7 +439,8 @@ def setup_model(ctx: RunContext, loaded: LoadedModel) -> ModelSetup:
             training, note = fit_memory_budget(
                 model, training, recipe.data.tokenize.max_len, ctx.run_dir / "memory_plan.json"
             )
-        ctx.note(note)
+        if note:
+            ctx.note(note)
     return ModelSetup(
         model=model,
         tokenizer=loaded.tokenizer,

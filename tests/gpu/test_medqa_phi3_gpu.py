@@ -15,7 +15,8 @@ checkpoint loaded and verified, the test split scored and the adapter saved.
 
 * 12 GB cases (the preset as it ships, the preset without Liger kernels as a plain
   ``pip install lorakit`` runs it, and the old padded 4 x 4 batch): they pass only when the
-  run completes with ``best.verified`` and nothing ran out of memory.
+  run completes with ``best.verified`` and nothing ran out of memory but the settings the
+  memory plan (``training.max_memory_gb=auto``, the preset's default) measured and rejected.
 * 8 GB cases: the preset as it ships documents the outcome (xfail with the measured reason
   when it runs out of memory); with ``training.max_memory_gb`` set to the card's 7.5 GiB,
   the run must complete or stop with lorakit's clean ``ConfigError``, never a CUDA OOM.
@@ -220,8 +221,8 @@ def test_medqa_phi3_on_a_small_card(full_phi3, tmp_path, case, cap_gib, override
     assert figures["best"]["verified"], figures
     assert figures["best"]["step"] in (4, 8), figures
     assert figures["steps"] == STEPS, figures
-    if policy != BUDGET:
-        assert figures["num_ooms"] == 0, figures
+    if policy != BUDGET:  # out of memory only where the memory plan measured it
+        assert figures["num_ooms"] == figures.get("plan_ooms", 0), figures
     assert figures["peak_reserved_gib"] <= cap_gib + 0.01, figures
     cost = figures["cost"]
     assert cost["tokens_trained"] > 0, cost
@@ -384,6 +385,11 @@ def _case(spec: dict[str, Any]) -> dict[str, Any]:
             versions=dict(report.run_card["versions"]),
         )
         data = json.loads((run_dir / "data_report.json").read_text())
+        plan = run_dir / "memory_plan.json"
+        if plan.exists():  # the settings the memory plan measured, and those that ran out
+            figures["memory_plan"] = json.loads(plan.read_text())
+            tried = figures["memory_plan"]["tried"]
+            figures["plan_ooms"] = sum(t[2] == float("inf") for t in tried)
         figures["train_length_tokens"] = data["tokenization"]["train"]["length"]
     stats = torch.cuda.memory_stats()
     free, total = torch.cuda.mem_get_info()

@@ -69,6 +69,9 @@ medqa_phi3 = Recipe(
         scheduler="cosine",
         warmup_steps=100,
         gradient_checkpointing=True,
+        # On a CUDA GPU: measure, and keep the fastest checkpointing and micro-batch size
+        # that fit the memory free there (docs/performance.md); the settings above otherwise.
+        max_memory_gb="auto",
         eval_steps=100,
         save_steps=100,
         load_best=True,
@@ -81,6 +84,7 @@ medqa_phi3_speed = medqa_phi3.with_overrides(
         "name": "medqa_phi3_speed",
         "model.quant.method": "none",
         "training.gradient_checkpointing": False,
+        "training.max_memory_gb": None,
         "training.tokens_per_batch": 16 * 1024,
         "training.grad_accum": 1,
         "training.optimizer": "adamw_torch_fused",
@@ -102,6 +106,7 @@ medqa_phi3_tiny = medqa_phi3.with_overrides(
         "data.split.group_by": "focus",
         "data.tokenize.max_len": 256,
         "training.max_steps": 60,
+        "training.max_memory_gb": None,
         "training.grad_accum": 1,
         # Two demo rows of up to 256 tokens per packed micro-batch: fast on a CPU.
         "training.tokens_per_batch": 512,
