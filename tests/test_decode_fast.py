@@ -92,20 +92,6 @@ def test_a_reused_bucket_ignores_the_previous_calls_cache(model_and_tokenizer):
     assert fast == dynamic
 
 
-def test_buckets_share_one_cache_that_grows_to_the_largest(model_and_tokenizer):
-    model, tokenizer = model_and_tokenizer
-    settings = SamplingSpec(max_new_tokens=10)
-    calls = [make_prompts((5,), seed=4), make_prompts((130, 7, 40), seed=5), make_prompts((8,), 6)]
-    seen = []
-    for prompts in calls * 2:  # growing, then every bucket again on the grown cache
-        dynamic, fast = both(model, tokenizer, prompts, settings)
-        assert fast == dynamic
-        info = last_decode_info()
-        seen.append((info["batch_bucket"], info["length_bucket"], info["cache"]))
-    assert [s[:2] for s in seen[:3]] == [(1, 128), (4, 256), (1, 128)]
-    assert all(s[2] == (4, 256) for s in seen[1:])  # one cache, as large as the largest bucket
-
-
 def test_stop_tokens_end_rows_at_the_same_token(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     prompts = make_prompts((6, 14, 10), seed=3)

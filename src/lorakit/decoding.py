@@ -162,13 +162,10 @@ _FAST_CHUNK = 8
 """Steps between two reads of the chosen tokens by the host (stops, callbacks, cancel)."""
 _LENGTH_BUCKET = 128
 """The cache length is rounded up to a multiple of this (one graph serves many lengths)."""
-_MAX_RUNNERS = 16
-"""Captured (batch, length) buckets kept per model, least recently used dropped first (they
-share one KV cache, so each holds little memory beyond its step's buffers)."""
+_MAX_RUNNERS = 4
+"""Captured (batch, length) buckets kept per model, least recently used dropped first."""
 _FAST_ATTENTION = ("sdpa", "eager")
-_runners: Any = (
-    None  # WeakKeyDictionary[model, (OrderedDict[key, _StaticRunner], {place: _KVStorage})]
-)
+_runners: Any = None  # weakref.WeakKeyDictionary[model, OrderedDict[key, _StaticRunner]]
 _runners_lock = threading.Lock()
 _last_decode: dict[str, Any] = {}
 
@@ -176,45 +173,18 @@ _last_decode: dict[str, Any] = {}
 def last_decode_info() -> dict[str, Any]:
     """How the latest :func:`decode` call ran: ``path`` is ``"graph"`` (static cache, CUDA
     graph), ``"static"`` (static cache, eager steps) or ``"dynamic"``; with ``reason`` when
-    the fast path was not taken, and the buckets used when it was, with the (batch, length)
-    of the KV cache that all the model's buckets share."""
+    the fast path was not taken, and the buckets used when it was."""
     return dict(_last_decode)
-
-
-class _KVStorage:
-    """Every layer's keys and values for the largest (batch, length) bucket seen, shared by all
-    the runners of a model (they run one at a time, under ``_runners_lock``): a runner uses the
-    first ``batch`` rows and ``length`` slots, so a model holds one cache whatever its buckets."""
-
-    def __init__(self, batch: int, length: int) -> None:
-        self.batch, self.length = batch, length
-        self.keys: dict[int, Any] = {}
-        self.values: dict[int, Any] = {}
-
-    def holds(self, batch: int, length: int) -> bool:
-        return batch <= self.batch and length <= self.length
-
-    def views(
-        self, layer_idx: int, key_states: Any, value_states: Any, batch: int, length: int
-    ) -> tuple[Any, Any]:
-        if layer_idx not in self.keys:
-            for kept, states in ((self.keys, key_states), (self.values, value_states)):
-                kept[layer_idx] = states.new_zeros(
-                    (self.batch, states.shape[1], self.length, states.shape[-1])
-                )
-        return (
-            self.keys[layer_idx][:batch, :, :length],
-            self.values[layer_idx][:batch, :, :length],
-        )
 
 
 class _StaticKV:
     """A KV cache of fixed length, written at the slots in ``index`` (duck-types the
-    ``update`` of transformers' caches, old and new signatures alike); its tensors are views
-    of the model's shared :class:`_KVStorage`."""
+    ``update`` of transformers' caches, old and new signatures alike)."""
 
-    def __init__(self, storage: _KVStorage, batch: int, length: int) -> None:
-        self.storage, self.batch, self.length = storage, batch, length
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self.keys: dict[int, Any] = {}
+        self.values: dict[int, Any] = {}
         self.index: Any = None
         self.seen = 0
         self.is_compileable = False
@@ -222,9 +192,14 @@ class _StaticKV:
     def update(
         self, key_states: Any, value_states: Any, layer_idx: int, *args: Any, **kwargs: Any
     ) -> tuple[Any, Any]:
-        keys, values = self.storage.views(
-            layer_idx, key_states, value_states, self.batch, self.length
-        )
+        if layer_idx not in self.keys:
+            self.keys[layer_idx] = key_states.new_zeros(
+                (*key_states.shape[:2], self.length, key_states.shape[-1])
+            )
+            self.values[layer_idx] = value_states.new_zeros(
+                (*value_states.shape[:2], self.length, value_states.shape[-1])
+            )
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
         keys.index_copy_(2, self.index, key_states)
         values.index_copy_(2, self.index, value_states)
         return keys, values
@@ -236,7 +211,7 @@ class _StaticKV:
         return self.length
 
     def __len__(self) -> int:
-        return len(self.storage.keys)
+        return len(self.keys)
 
 
 class _StaticRunner:
@@ -246,7 +221,6 @@ class _StaticRunner:
 
     def __init__(
         self,
-        storage: _KVStorage,
         batch: int,
         length: int,
         device: Any,
@@ -259,7 +233,7 @@ class _StaticRunner:
 
         self.batch, self.length, self.device = batch, length, device
         self.names = names
-        self.cache = _StaticKV(storage, batch, length)
+        self.cache = _StaticKV(length)
         self.ids = torch.zeros((batch, 1), dtype=torch.long, device=device)
         self.pos = torch.zeros((batch, 1), dtype=torch.long, device=device)
         self.index = torch.zeros((1,), dtype=torch.long, device=device)
@@ -426,23 +400,14 @@ def _runner_for(
     if _runners is None:
         _runners = weakref.WeakKeyDictionary()
     compile = graph and _compile_setting()
-    place = (str(device), str(dtype))
-    key = (batch, length, *place, graph, compile, _adapter_state(model))
-    kept, storages = _runners.setdefault(model, (OrderedDict(), {}))
+    key = (batch, length, str(device), str(dtype), graph, compile, _adapter_state(model))
+    kept = _runners.setdefault(model, OrderedDict())
     runner: _StaticRunner | None = kept.get(key)
     if runner is None:
-        storage = storages.get(place)
-        if storage is None or not storage.holds(batch, length):
-            # A larger cache: the runners on the old one (their captured steps read it) go.
-            old = storage or _KVStorage(batch, length)
-            storage = _KVStorage(max(batch, old.batch), max(length, old.length))
-            storages[place] = storage
-            for stale in [k for k in kept if k[2:4] == place]:
-                del kept[stale]
         while len(kept) >= _MAX_RUNNERS:
             kept.popitem(last=False)
         runner = _StaticRunner(
-            storage, batch, length, device, dtype, _forward_parameters(model), graph, compile
+            batch, length, device, dtype, _forward_parameters(model), graph, compile
         )
         kept[key] = runner
     kept.move_to_end(key)
@@ -539,7 +504,6 @@ def _decode_fast(
             path="graph" if runner.graph is not None else "static",
             batch_bucket=batch,
             length_bucket=length,
-            cache=(runner.cache.storage.batch, runner.cache.storage.length),
             note=runner.note,
         )
 
