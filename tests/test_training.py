@@ -256,9 +256,19 @@ def test_cli_train_tiny_preset(tmp_path):
         main, ["train", "medqa_phi3_tiny", "--max-memory-gb", "lots"]
     )
     assert words.exit_code == 2 and "neither a number of GiB, 'auto' nor 'off'" in words.output
+    # 'off' turns a recipe's budget off (without a GPU, a budget shows as a note).
     for budget, note in (("8", True), ("off", False)):
         dry = CliRunner(env={"COLUMNS": "200"}).invoke(
-            main, ["train", "medqa_phi3_tiny", "--max-memory-gb", budget, "--dry-run"]
+            main,
+            [
+                "train",
+                "medqa_phi3_tiny",
+                "--set",
+                "training.max_memory_gb=8",
+                "--max-memory-gb",
+                budget,
+                "--dry-run",
+            ],
         )
         assert dry.exit_code == 0, dry.output
         assert ("training.max_memory_gb=8.0 is ignored" in dry.output) is note
