@@ -25,7 +25,10 @@ from. The variants:
   MLP, Trainer with paged AdamW 8-bit, batch 4 x grad-accum 4, padding to the longest row;
 - ``default``: lorakit's ``medqa_phi3`` preset as it trains (NF4, bf16, packed 8,192-token
   micro-batches x 2, variable-length attention, the lean LoRA forward, Liger when
-  installed, non-reentrant checkpointing, paged AdamW 8-bit);
+  installed, non-reentrant checkpointing, paged AdamW 8-bit), with its memory plan
+  (``training.max_memory_gb=auto``: the checkpointing and micro-batch that fit the GPU's
+  free memory); ``default+max_memory_gb=none`` is the preset as written (every layer
+  recomputed), which ``default`` measured before the plan became the preset's default;
 - ``speed``: lorakit's speed mode, the ``medqa_phi3_speed`` preset (no quantisation, bf16
   LoRA, no checkpointing, packed 16k-token micro-batches, fused AdamW, Liger);
 - ``unsloth``: Unsloth (``--unsloth-path`` names a folder where it is installed) on the
@@ -36,8 +39,8 @@ A variant may carry overrides: ``default:sdpa`` (attention implementation),
 ``default+tokens_per_batch=4096+grad_accum=4`` (``training.*`` settings; a dotted name such
 as ``+data.order=length_curriculum`` sets any recipe setting), ``+warmup=N``
 (its own warm-up steps), ``+cap_gib=G`` (PyTorch's allocator capped at G GiB with
-``torch.cuda.set_per_process_memory_fraction``, what a smaller card leaves; with
-``+max_memory_gb=auto`` lorakit plans within it) and, for ``seed`` and ``unsloth``,
+``torch.cuda.set_per_process_memory_fraction``, what a smaller card leaves; the memory plan
+works within it) and, for ``seed`` and ``unsloth``,
 ``+pad_to_multiple_of=64``
 (fewer distinct shapes; Unsloth compiles each decoder layer, and every new shape costs a
 recompilation, so give it that and a longer warm-up to see its steady state).
