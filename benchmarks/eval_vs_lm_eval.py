@@ -44,6 +44,16 @@ MMLU_DESCRIPTION = (
     "The following are multiple choice questions (with answers) about "
     "{{ subject.replace('_', ' ') }}.\n\n"
 )
+HARNESS_SETTINGS = {
+    "log_samples": True,
+    "bootstrap_iters": 0,
+    "random_seed": 0,
+    "numpy_random_seed": 0,
+    "torch_random_seed": 0,
+    "fewshot_random_seed": 0,
+}
+"""``lm_eval.simple_evaluate`` settings for a repeatable run with per-sample records (also used by
+tests/test_lm_eval_agreement.py)."""
 MODEL_SECONDS: list[float] = []
 """Seconds the harness spent inside its model's ``loglikelihood`` (its scoring alone)."""
 # name -> (file under --data, choices)
@@ -150,12 +160,7 @@ def harness_choices(
             tasks=list(tasks),
             task_manager=TaskManager(include_path=str(folder), include_defaults=False),
             num_fewshot=0,
-            log_samples=True,
-            bootstrap_iters=0,
-            random_seed=0,
-            numpy_random_seed=0,
-            torch_random_seed=0,
-            fewshot_random_seed=0,
+            **HARNESS_SETTINGS,
         )
     chosen: dict[int, int] = {}
     for name, group in tasks.items():

@@ -75,12 +75,7 @@ def _run_harness(harness, folder, tasks, shots, limit=None):
         task_manager=manager,
         num_fewshot=shots,
         limit=limit,
-        log_samples=True,
-        bootstrap_iters=0,
-        random_seed=0,
-        numpy_random_seed=0,
-        torch_random_seed=0,
-        fewshot_random_seed=0,
+        **BENCH.HARNESS_SETTINGS,
     )
     return {name: sorted(out["samples"][name], key=lambda s: s["doc_id"]) for name in tasks}
 
